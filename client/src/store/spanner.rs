@@ -1,0 +1,5 @@
+//! Cloud Spanner backend (being written).
+
+/// The Cloud Spanner store.
+#[derive(Debug)]
+pub struct SpannerStore;
