@@ -146,7 +146,8 @@ impl FromStr for DatabasePath {
         let valid_segment = |p: &str| {
             !p.is_empty()
                 && p.len() <= 64
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
         };
         match parts.as_slice() {
             ["projects", p, "instances", i, "databases", d]
@@ -375,13 +376,15 @@ impl Config {
         let ms = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
             match get(name) {
                 None => Ok(default),
-                Some(v) => v.trim().parse::<u64>().map(Duration::from_millis).map_err(|_| {
-                    ConfigError::NotANumber {
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| ConfigError::NotANumber {
                         name,
                         value: v,
                         kind: "number of milliseconds",
-                    }
-                }),
+                    }),
             }
         };
         let e = config.election;
@@ -430,7 +433,10 @@ impl Config {
         put(ENV_RENEW_INTERVAL_MS, ms(self.election.renew_interval));
         put(ENV_POLL_INTERVAL_MS, ms(self.election.poll_interval));
         put(ENV_SAFETY_MARGIN_MS, ms(self.election.safety_margin));
-        put(ENV_MEMBER_HEARTBEAT_MS, ms(self.membership.heartbeat_interval));
+        put(
+            ENV_MEMBER_HEARTBEAT_MS,
+            ms(self.membership.heartbeat_interval),
+        );
         put(ENV_MEMBER_TTL_MS, ms(self.membership.ttl));
         put(ENV_PEER_PORT, self.peer_port.to_string());
         vars
@@ -481,8 +487,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> =
-            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -519,10 +527,22 @@ mod tests {
     fn invalid_timings_say_what_to_fix() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[(ENV_LEASE_MS, "0")], "lease must be greater than zero"),
-            (&[(ENV_RENEW_INTERVAL_MS, "5000")], "renew interval (5s) must be below lease (5s)"),
-            (&[(ENV_SAFETY_MARGIN_MS, "6000")], "safety margin (6s) must be below lease (5s)"),
-            (&[(ENV_RENEW_INTERVAL_MS, "4500")], "must be below lease minus safety margin"),
-            (&[(ENV_LEASE_MS, "five")], "HEDGE_LEASE_MS=\"five\" is not a valid number"),
+            (
+                &[(ENV_RENEW_INTERVAL_MS, "5000")],
+                "renew interval (5s) must be below lease (5s)",
+            ),
+            (
+                &[(ENV_SAFETY_MARGIN_MS, "6000")],
+                "safety margin (6s) must be below lease (5s)",
+            ),
+            (
+                &[(ENV_RENEW_INTERVAL_MS, "4500")],
+                "must be below lease minus safety margin",
+            ),
+            (
+                &[(ENV_LEASE_MS, "five")],
+                "HEDGE_LEASE_MS=\"five\" is not a valid number",
+            ),
         ];
         for (extra, message) in cases {
             let mut all = vec![(ENV_GROUP, "g")];
@@ -538,9 +558,18 @@ mod tests {
     fn database_paths_are_checked() {
         let ok: DatabasePath = "projects/p-1/instances/i/databases/d_1".parse().unwrap();
         assert_eq!(ok.instance_path(), "projects/p-1/instances/i");
-        for bad in ["", "projects/p", "projects//instances/i/databases/d", "p/i/d", "projects/p/instances/i/databases/d/x"] {
+        for bad in [
+            "",
+            "projects/p",
+            "projects//instances/i/databases/d",
+            "p/i/d",
+            "projects/p/instances/i/databases/d/x",
+        ] {
             let err = bad.parse::<DatabasePath>().unwrap_err();
-            assert!(err.to_string().contains("expected projects/<project>"), "{err}");
+            assert!(
+                err.to_string().contains("expected projects/<project>"),
+                "{err}"
+            );
         }
     }
 }

@@ -178,23 +178,37 @@ mod tests {
     #[test]
     fn a_missing_row_is_granted_from_the_clock_floor() {
         assert_eq!(decide_acquire(None, 0), AcquireDecision::Grant { token: 1 });
-        assert_eq!(decide_acquire(None, 500), AcquireDecision::Grant { token: 500 });
+        assert_eq!(
+            decide_acquire(None, 500),
+            AcquireDecision::Grant { token: 500 }
+        );
     }
 
     #[test]
     fn a_live_lease_is_held_even_at_age_zero() {
         // W4: a read in the same instant as the renewal commit must not see an expired lock.
         let r = row(Some("a"), 7, 1000, 0);
-        assert!(matches!(decide_acquire(Some(&r), 0), AcquireDecision::Held(h) if h.id == "a" && h.token == 7));
+        assert!(
+            matches!(decide_acquire(Some(&r), 0), AcquireDecision::Held(h) if h.id == "a" && h.token == 7)
+        );
     }
 
     #[test]
     fn an_expired_or_released_lock_is_granted_with_a_greater_token() {
         let expired = row(Some("a"), 7, 1000, 1000);
-        assert_eq!(decide_acquire(Some(&expired), 0), AcquireDecision::Grant { token: 8 });
+        assert_eq!(
+            decide_acquire(Some(&expired), 0),
+            AcquireDecision::Grant { token: 8 }
+        );
         let released = row(None, 7, 1000, 0);
-        assert_eq!(decide_acquire(Some(&released), 0), AcquireDecision::Grant { token: 8 });
-        assert_eq!(decide_acquire(Some(&released), 100), AcquireDecision::Grant { token: 100 });
+        assert_eq!(
+            decide_acquire(Some(&released), 0),
+            AcquireDecision::Grant { token: 8 }
+        );
+        assert_eq!(
+            decide_acquire(Some(&released), 100),
+            AcquireDecision::Grant { token: 100 }
+        );
     }
 
     #[test]
@@ -202,12 +216,24 @@ mod tests {
         let r = row(Some("a"), 7, 1000, 10);
         assert_eq!(decide_renew(Some(&r), "a", 7), Ok(()));
         // W8: a deposed holder (old token) cannot extend the new holder's lease.
-        assert!(matches!(decide_renew(Some(&r), "a", 6), Err(LossCause::Deposed { token: 7, .. })));
-        assert!(matches!(decide_renew(Some(&r), "b", 7), Err(LossCause::Deposed { .. })));
+        assert!(matches!(
+            decide_renew(Some(&r), "a", 6),
+            Err(LossCause::Deposed { token: 7, .. })
+        ));
+        assert!(matches!(
+            decide_renew(Some(&r), "b", 7),
+            Err(LossCause::Deposed { .. })
+        ));
         let expired = row(Some("a"), 7, 1000, 1500);
-        assert_eq!(decide_renew(Some(&expired), "a", 7), Err(LossCause::Expired));
+        assert_eq!(
+            decide_renew(Some(&expired), "a", 7),
+            Err(LossCause::Expired)
+        );
         let released = row(None, 7, 1000, 0);
-        assert_eq!(decide_renew(Some(&released), "a", 7), Err(LossCause::Released));
+        assert_eq!(
+            decide_renew(Some(&released), "a", 7),
+            Err(LossCause::Released)
+        );
         assert_eq!(decide_renew(None, "a", 7), Err(LossCause::Released));
     }
 

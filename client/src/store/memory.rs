@@ -71,7 +71,9 @@ impl MemoryStore {
     fn state(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means another thread panicked mid-operation; every operation
         // leaves the maps consistent before it can panic, so the state is still usable.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn wall(&self, at: Instant) -> SystemTime {
@@ -148,7 +150,12 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn release(&self, key: &LockKey, holder: &str, token: u64) -> StoreResult<ReleaseOutcome> {
+    async fn release(
+        &self,
+        key: &LockKey,
+        holder: &str,
+        token: u64,
+    ) -> StoreResult<ReleaseOutcome> {
         let now = Instant::now();
         let mut state = self.state();
         let observed = state.locks.get(key).map(|r| self.observe(r, now));
@@ -196,7 +203,9 @@ impl Store for MemoryStore {
     }
 
     async fn remove_member(&self, group: &str, id: &str) -> StoreResult<()> {
-        self.state().members.remove(&(group.to_owned(), id.to_owned()));
+        self.state()
+            .members
+            .remove(&(group.to_owned(), id.to_owned()));
         Ok(())
     }
 
@@ -206,7 +215,9 @@ impl Store for MemoryStore {
         Ok(state
             .members
             .iter()
-            .filter(|((g, _), row)| g == group && now.saturating_duration_since(row.heartbeat) < row.ttl)
+            .filter(|((g, _), row)| {
+                g == group && now.saturating_duration_since(row.heartbeat) < row.ttl
+            })
             .map(|((_, id), row)| MemberRecord {
                 id: id.clone(),
                 address: row.address.clone(),
@@ -241,7 +252,13 @@ mod tests {
         let store = MemoryStore::new();
         let key = LockKey::new("g", "l");
         assert!(store.lock_state(&key).await.unwrap().is_none());
-        assert_eq!(store.release(&key, "a", 1).await.unwrap(), ReleaseOutcome::NotHolder);
-        assert!(matches!(store.renew(&key, "a", 1, Duration::from_secs(1)).await, Ok(RenewOutcome::Lost(_))));
+        assert_eq!(
+            store.release(&key, "a", 1).await.unwrap(),
+            ReleaseOutcome::NotHolder
+        );
+        assert!(matches!(
+            store.renew(&key, "a", 1, Duration::from_secs(1)).await,
+            Ok(RenewOutcome::Lost(_))
+        ));
     }
 }

@@ -155,8 +155,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Grants `key` to `candidate` for `lease` if the lock is free (never held, released, or its
     /// holder's lease expired), with a fresh fencing token greater than every token granted for
     /// this key before. Otherwise reports the current holder.
-    async fn acquire(&self, key: &LockKey, candidate: &str, lease: Duration)
-    -> StoreResult<AcquireOutcome>;
+    async fn acquire(
+        &self,
+        key: &LockKey,
+        candidate: &str,
+        lease: Duration,
+    ) -> StoreResult<AcquireOutcome>;
 
     /// Extends the lease of `holder`'s term `token` by `lease` from now, only if that exact term
     /// still holds the lock and has not expired. A deposed holder can never extend another's lease.
@@ -170,7 +174,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Frees the lock at once if `holder`'s term `token` still holds it; the token stays recorded
     /// so that the next grant gets a greater one.
-    async fn release(&self, key: &LockKey, holder: &str, token: u64) -> StoreResult<ReleaseOutcome>;
+    async fn release(&self, key: &LockKey, holder: &str, token: u64)
+    -> StoreResult<ReleaseOutcome>;
 
     /// A strong read of the lock, `None` when it has never been granted (or its row was deleted).
     async fn lock_state(&self, key: &LockKey) -> StoreResult<Option<LockState>>;

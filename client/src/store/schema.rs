@@ -147,7 +147,12 @@ pub struct Migration {
 
 impl fmt::Display for Migration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "schema version {} ({} statements)", self.version, self.items.len())
+        write!(
+            f,
+            "schema version {} ({} statements)",
+            self.version,
+            self.items.len()
+        )
     }
 }
 
@@ -236,7 +241,15 @@ mod tests {
 
     #[test]
     fn names_that_could_smuggle_sql_are_rejected() {
-        for bad in ["", "1abc", "a b", "a;DROP TABLE x", "a-b", "a`b", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "1abc",
+            "a b",
+            "a;DROP TABLE x",
+            "a-b",
+            "a`b",
+            &"a".repeat(129),
+        ] {
             let tables = TableNames {
                 locks: bad.to_owned(),
                 ..TableNames::default()
@@ -252,6 +265,9 @@ mod tests {
             members: "HEDGE_LOCKS".into(),
             ..TableNames::default()
         };
-        assert!(matches!(tables.validate(), Err(SchemaError::DuplicateTableName { .. })));
+        assert!(matches!(
+            tables.validate(),
+            Err(SchemaError::DuplicateTableName { .. })
+        ));
     }
 }
