@@ -1,1 +1,55 @@
-fn main() {}
+//! Scenario benchmarks for hedge. Each scenario prints a human summary, or one JSON object with
+//! `--json`.
+//!
+//! `cargo run --release -p hedge-bench -- election --json` starts a Cloud Spanner emulator (through
+//! the test harness), runs crash-failover and graceful-handover trials, measures `is_leader()`, and
+//! prints the figures.
+
+mod election;
+mod stats;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// hedge scenario benchmarks.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Leader election: crash failover, graceful handover, the cost of `is_leader()`.
+    Election(election::Args),
+}
+
+/// Which store the benchmark runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The Cloud Spanner emulator, started by the test harness.
+    Spanner,
+    /// The in-memory store.
+    Memory,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().scenario {
+        Scenario::Election(args) => election::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hedge-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

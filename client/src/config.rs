@@ -185,7 +185,7 @@ impl fmt::Display for DatabasePath {
 ///   monotonic clock. It absorbs clock *rate* differences between the holder and the store, and
 ///   the time between the deadline and the step-down being seen by the application.
 ///
-/// Defaults: lease 5 s, renew every 1 s, poll every 1 s, margin 700 ms (10% + 200 ms).
+/// Defaults: lease 5 s, renew every 1 s, poll every 750 ms, margin 700 ms (10% + 200 ms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ElectionTimings {
     /// The lease.
@@ -200,24 +200,19 @@ pub struct ElectionTimings {
 
 impl Default for ElectionTimings {
     fn default() -> Self {
-        Self {
-            lease: Duration::from_secs(5),
-            renew_interval: Duration::from_secs(1),
-            poll_interval: Duration::from_secs(1),
-            safety_margin: Duration::from_millis(700),
-        }
+        Self::from_lease(Duration::from_secs(5))
     }
 }
 
 impl ElectionTimings {
     /// Timings scaled from a lease the way the defaults are: renew every lease/5, poll every
-    /// lease/5, margin lease/10 + 200 ms (capped to lease/4 for short leases).
+    /// 3/20 of the lease, margin lease/10 + 200 ms (capped to lease/4 for short leases).
     pub fn from_lease(lease: Duration) -> Self {
         let margin = (lease / 10 + Duration::from_millis(200)).min(lease / 4);
         Self {
             lease,
             renew_interval: lease / 5,
-            poll_interval: lease / 5,
+            poll_interval: lease * 3 / 20,
             safety_margin: margin,
         }
     }
