@@ -47,6 +47,9 @@ pub enum ElectionError {
     /// The timings or names are invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The election's task panicked or was aborted.
+    #[error("the election task ended abnormally: {0}")]
+    Aborted(String),
     /// The store failed in a way that retrying cannot fix (a missing table, a bad database).
     #[error("the election of lock {key} stopped: {source}")]
     Store {
@@ -566,7 +569,9 @@ impl ElectionGuard {
     pub async fn shutdown(mut self) -> Result<(), ElectionError> {
         self.shutdown.cancel();
         match self.task.take() {
-            Some(task) => task.await.unwrap_or(Ok(())),
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(ElectionError::Aborted(e.to_string()))),
             None => Ok(()),
         }
     }

@@ -375,8 +375,9 @@ impl HedgeGuard {
         };
         match tokio::time::timeout(limit, task).await {
             Ok(Ok(result)) => result,
-            // The task panicked or was aborted: nothing more to wait for.
-            Ok(Err(_)) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(ElectionError::Aborted(e.to_string()).into()),
+            // Still releasing after `limit`: the lease will expire by itself.
+            Err(_) => Ok(()),
         }
     }
 
