@@ -1,7 +1,14 @@
 //! Workspace-level test support for hedge: the Spanner emulator harness, the store conformance
 //! suite that runs on every backend, a fault-injecting store wrapper and a term-overlap checker.
+//!
+//! * [`emulator`]: the Cloud Spanner emulator harness ([`emulator::Emulator`],
+//!   [`emulator::emulator_or_skip`], [`require_emulator!`]).
 
 pub mod conformance;
+pub mod emulator;
 pub mod faults;
 pub mod memory_backend;
+pub mod spanner_backend;
 pub mod timeline;
+
+pub use emulator::{Emulator, HarnessError, emulator_or_skip};

@@ -1,5 +1,5 @@
 //! The Spanner schema: table names, the DDL of every version, and (with the `spanner` feature)
-//! the idempotent [`ensure_schema`] that the operator and the tests both call.
+//! the idempotent `ensure_schema` that the operator and the tests both call.
 //!
 //! The schema is described as an ordered list of [`Migration`]s. Each item of a migration names
 //! the table (and column) it creates, so that provisioning can compare the list with what the
@@ -224,6 +224,363 @@ pub fn ddl(tables: &TableNames) -> Vec<String> {
         .into_iter()
         .flat_map(|m| m.items.into_iter().map(|i| i.statement))
         .collect()
+}
+
+#[cfg(feature = "spanner")]
+pub use provision::{SchemaReport, drop_schema, ensure_schema, ensure_schema_version};
+
+/// Provisioning through the Spanner admin API: compare [`migrations`] with what the database
+/// has, apply exactly what is missing, and record the version.
+#[cfg(feature = "spanner")]
+mod provision {
+    use std::collections::BTreeSet;
+
+    use google_cloud_lro::Poller as _;
+    use google_cloud_spanner::mutation::Mutation;
+    use google_cloud_spanner::statement::Statement;
+    use google_cloud_spanner::transaction::ReadWriteTransaction;
+
+    use super::{SCHEMA_VERSION, SchemaError, TableNames, migrations};
+    use crate::config::DatabasePath;
+    use crate::store::StoreError;
+    use crate::store::spanner::{
+        COMMIT_TIMESTAMP, Connection, ErrorContext, SpannerOptions, map_error,
+    };
+
+    /// What [`ensure_schema`] found and did.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct SchemaReport {
+        /// The version recorded in the schema table before the run (`None`: no record, e.g. a
+        /// fresh database).
+        pub version_before: Option<i64>,
+        /// The version recorded after the run.
+        pub version_after: i64,
+        /// The DDL statements applied, in order (empty when the schema was up to date).
+        pub applied: Vec<String>,
+    }
+
+    impl SchemaReport {
+        /// Whether the run changed anything (DDL or the version record).
+        pub fn changed(&self) -> bool {
+            !self.applied.is_empty() || self.version_before != Some(self.version_after)
+        }
+    }
+
+    fn spanner_error(step: &'static str) -> impl FnOnce(StoreError) -> SchemaError {
+        move |e| SchemaError::Spanner {
+            step,
+            message: e.to_string(),
+        }
+    }
+
+    /// Brings the tables `tables` of `db` to [`SCHEMA_VERSION`]: creates exactly the missing
+    /// tables and columns, in migration order, through the database admin API, then records the
+    /// version in the schema table (row `table_set` = the lock table's name) if it changed.
+    ///
+    /// Idempotent: on an up-to-date database it applies nothing and writes nothing. A database
+    /// recorded at a newer version than this crate knows fails with [`SchemaError::TooNew`]
+    /// before anything is changed.
+    pub async fn ensure_schema(
+        db: &DatabasePath,
+        tables: &TableNames,
+        options: &SpannerOptions,
+    ) -> Result<SchemaReport, SchemaError> {
+        ensure_schema_version(db, tables, options, SCHEMA_VERSION).await
+    }
+
+    /// Like [`ensure_schema`], but applies the migrations only up to `target` (1 to
+    /// [`SCHEMA_VERSION`]); for tests that need an older schema, and for staged upgrades.
+    /// Never downgrades: a database already past `target` keeps its tables and version.
+    pub async fn ensure_schema_version(
+        db: &DatabasePath,
+        tables: &TableNames,
+        options: &SpannerOptions,
+        target: i64,
+    ) -> Result<SchemaReport, SchemaError> {
+        tables.validate()?;
+        db.to_string().parse::<DatabasePath>()?;
+        if !(1..=SCHEMA_VERSION).contains(&target) {
+            return Err(SchemaError::Spanner {
+                step: "choosing the target version",
+                message: format!("version {target} does not exist: use 1 to {SCHEMA_VERSION}"),
+            });
+        }
+        let conn = Connection::open(db, options)
+            .await
+            .map_err(spanner_error("connecting"))?;
+        let existing = Existing::read(&conn, tables).await?;
+        let version_before = if existing.has_table(&tables.schema) {
+            read_version(&conn, tables).await?
+        } else {
+            None
+        };
+        if let Some(found) = version_before.filter(|v| *v > SCHEMA_VERSION) {
+            return Err(SchemaError::TooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let missing: Vec<String> = migrations(tables)
+            .into_iter()
+            .filter(|m| m.version <= target)
+            .flat_map(|m| m.items)
+            .filter(|item| match &item.column {
+                None => !existing.has_table(&item.table),
+                Some(column) => !existing.has_column(&item.table, column),
+            })
+            .map(|item| item.statement)
+            .collect();
+        if !missing.is_empty() {
+            apply_ddl(&conn, missing.clone(), "applying the schema DDL").await?;
+        }
+        let version_after = version_before.unwrap_or(0).max(target);
+        if version_before != Some(version_after) {
+            write_version(&conn, tables, version_after).await?;
+        }
+        Ok(SchemaReport {
+            version_before,
+            version_after,
+            applied: missing,
+        })
+    }
+
+    /// Drops hedge's tables named in `tables` (and nothing else) from `db`: the member and lock
+    /// tables, then the schema table, unless the schema table still records another table set
+    /// (then only this set's row is deleted). Absent tables are skipped. Returns the DDL applied.
+    pub async fn drop_schema(
+        db: &DatabasePath,
+        tables: &TableNames,
+        options: &SpannerOptions,
+    ) -> Result<Vec<String>, SchemaError> {
+        tables.validate()?;
+        db.to_string().parse::<DatabasePath>()?;
+        let conn = Connection::open(db, options)
+            .await
+            .map_err(spanner_error("connecting"))?;
+        let existing = Existing::read(&conn, tables).await?;
+        let mut statements: Vec<String> = [&tables.members, &tables.locks]
+            .into_iter()
+            .filter(|t| existing.has_table(t))
+            .map(|t| format!("DROP TABLE {t}"))
+            .collect();
+        let mut delete_own_row = false;
+        if existing.has_table(&tables.schema) {
+            let schema = &tables.schema;
+            let statement = Statement::builder(format!(
+                "SELECT COUNT(*) AS others FROM {schema} WHERE table_set != @ts"
+            ))
+            .add_param("ts", tables.locks.as_str());
+            let ctx = conn.context(Some(schema)).with_tables(tables);
+            let others = conn
+                .query(&ctx, "counting table sets", statement, |row| {
+                    row.get::<i64>("others").map_err(|e| StoreError::Corrupt {
+                        table: schema.clone(),
+                        message: e.to_string(),
+                    })
+                })
+                .await
+                .map_err(spanner_error("reading the schema table"))?;
+            if others.first().copied().unwrap_or(0) == 0 {
+                statements.push(format!("DROP TABLE {schema}"));
+            } else {
+                delete_own_row = true;
+            }
+        }
+        if !statements.is_empty() {
+            apply_ddl(&conn, statements.clone(), "dropping the tables").await?;
+        }
+        if delete_own_row {
+            let schema = tables.schema.clone();
+            let table_set = tables.locks.clone();
+            run_write(
+                &conn,
+                tables,
+                "deleting the schema record",
+                move |tx: ReadWriteTransaction| {
+                    let (schema, table_set) = (schema.clone(), table_set.clone());
+                    async move {
+                        tx.execute_update(
+                            Statement::builder(format!(
+                                "DELETE FROM {schema} WHERE table_set = @ts"
+                            ))
+                            .add_param("ts", table_set.as_str())
+                            .build(),
+                        )
+                        .await?;
+                        Ok(())
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(statements)
+    }
+
+    /// The tables and columns of the table set that exist, lower-cased (Spanner names are
+    /// case-insensitive).
+    struct Existing {
+        columns: BTreeSet<(String, String)>,
+    }
+
+    impl Existing {
+        async fn read(conn: &Connection, tables: &TableNames) -> Result<Self, SchemaError> {
+            let statement = Statement::builder(
+                "SELECT TABLE_NAME, COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS \
+                 WHERE TABLE_SCHEMA = '' \
+                 AND LOWER(TABLE_NAME) IN (LOWER(@t0), LOWER(@t1), LOWER(@t2))",
+            )
+            .add_param("t0", tables.locks.as_str())
+            .add_param("t1", tables.members.as_str())
+            .add_param("t2", tables.schema.as_str());
+            let ctx = conn.context(None);
+            let rows = conn
+                .query(&ctx, "reading INFORMATION_SCHEMA", statement, |row| {
+                    let get = |name: &str| {
+                        row.get::<String>(name).map_err(|e| StoreError::Corrupt {
+                            table: "INFORMATION_SCHEMA.COLUMNS".into(),
+                            message: e.to_string(),
+                        })
+                    };
+                    Ok((
+                        get("TABLE_NAME")?.to_ascii_lowercase(),
+                        get("COLUMN_NAME")?.to_ascii_lowercase(),
+                    ))
+                })
+                .await
+                .map_err(spanner_error("reading the existing tables"))?;
+            Ok(Self {
+                columns: rows.into_iter().collect(),
+            })
+        }
+
+        fn has_table(&self, table: &str) -> bool {
+            let table = table.to_ascii_lowercase();
+            self.columns.iter().any(|(t, _)| *t == table)
+        }
+
+        fn has_column(&self, table: &str, column: &str) -> bool {
+            self.columns
+                .contains(&(table.to_ascii_lowercase(), column.to_ascii_lowercase()))
+        }
+    }
+
+    async fn read_version(
+        conn: &Connection,
+        tables: &TableNames,
+    ) -> Result<Option<i64>, SchemaError> {
+        let schema = &tables.schema;
+        let statement = Statement::builder(format!(
+            "SELECT version FROM {schema} WHERE table_set = @ts"
+        ))
+        .add_param("ts", tables.locks.as_str());
+        let ctx = conn.context(Some(schema)).with_tables(tables);
+        let versions = conn
+            .query(&ctx, "reading the schema version", statement, |row| {
+                row.get::<i64>("version").map_err(|e| StoreError::Corrupt {
+                    table: schema.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .await
+            .map_err(spanner_error("reading the schema version"))?;
+        Ok(versions.first().copied())
+    }
+
+    /// Records `version` for the table set, unless a concurrent run recorded a newer one.
+    async fn write_version(
+        conn: &Connection,
+        tables: &TableNames,
+        version: i64,
+    ) -> Result<(), SchemaError> {
+        let schema = tables.schema.clone();
+        let table_set = tables.locks.clone();
+        run_write(
+            conn,
+            tables,
+            "recording the schema version",
+            move |tx: ReadWriteTransaction| {
+                let (schema, table_set) = (schema.clone(), table_set.clone());
+                async move {
+                    let mut rows = tx
+                        .execute_query(
+                            Statement::builder(format!(
+                                "SELECT version FROM {schema} WHERE table_set = @ts"
+                            ))
+                            .add_param("ts", table_set.as_str())
+                            .build(),
+                        )
+                        .await?;
+                    if let Some(row) = rows.next().await.transpose()?
+                        && row.get::<i64>("version")? >= version
+                    {
+                        return Ok(());
+                    }
+                    tx.buffer([Mutation::new_insert_or_update_builder(schema.as_str())
+                        .set("table_set")
+                        .to(table_set.as_str())
+                        .set("version")
+                        .to(version)
+                        .set("updated_at")
+                        .to(COMMIT_TIMESTAMP)
+                        .build()])?;
+                    Ok(())
+                }
+            },
+        )
+        .await
+    }
+
+    async fn run_write<F>(
+        conn: &Connection,
+        tables: &TableNames,
+        step: &'static str,
+        work: F,
+    ) -> Result<(), SchemaError>
+    where
+        F: AsyncFnMut(ReadWriteTransaction) -> google_cloud_spanner::Result<()>,
+    {
+        let timeout = conn.options.operation_timeout;
+        let run = conn
+            .client
+            .read_write_transaction()
+            .with_transaction_timeout(timeout)
+            .build()
+            .run(work);
+        match tokio::time::timeout(timeout, run).await {
+            Err(_) => Err(spanner_error(step)(StoreError::Timeout(timeout))),
+            Ok(Err(e)) => {
+                let ctx = conn.context(Some(&tables.schema)).with_tables(tables);
+                Err(spanner_error(step)(map_error(&ctx, step, e)))
+            }
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn apply_ddl(
+        conn: &Connection,
+        statements: Vec<String>,
+        step: &'static str,
+    ) -> Result<(), SchemaError> {
+        let admin = conn.admin().await.map_err(spanner_error(step))?;
+        let timeout = conn.options.schema_timeout;
+        let operation = admin
+            .update_database_ddl()
+            .set_database(conn.database.clone())
+            .set_statements(statements)
+            .poller()
+            .until_done();
+        match tokio::time::timeout(timeout, operation).await {
+            Err(_) => Err(SchemaError::Spanner {
+                step,
+                message: format!("the schema change did not finish within {timeout:?}"),
+            }),
+            Ok(Err(e)) => {
+                let ctx = ErrorContext::new(&conn.database, &conn.options, None);
+                Err(spanner_error(step)(map_error(&ctx, step, e)))
+            }
+            Ok(Ok(())) => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,18 +16,23 @@
 //! On real Spanner, `CURRENT_TIMESTAMP()` in a read-write transaction is taken after the
 //! statement's locks, so it is never before the commit timestamp of a row the statement can
 //! see. On the Cloud Spanner emulator (1.5.28), checked by the test
-//! `current_timestamp_in_a_transaction_follows_earlier_commits`: `CURRENT_TIMESTAMP()` read in
-//! a read-write transaction started after a commit is always at or after that commit's
-//! timestamp, and at or before the reading transaction's own commit timestamp, in every one of
-//! a few hundred back-to-back trials (the emulator serialises read-write transactions). A
-//! negative age could only come from a clock step on the server; it is clamped to zero, so
-//! such a lock counts as alive (spindle's W4), never as expired.
+//! `current_timestamp_in_a_transaction_follows_earlier_commits` (150 back-to-back
+//! transactions that each read `CURRENT_TIMESTAMP()` and the previous row's age, then write
+//! with the commit timestamp): `CURRENT_TIMESTAMP()` was always at or after the previous
+//! commit's timestamp (by 5 ms or more, one round trip), the age was never negative, and it
+//! was always at or before the reading transaction's own commit timestamp. A negative age could
+//! only come from a clock step on the server; it is clamped to zero, so such a lock counts as
+//! alive (spindle's W4), never as expired.
 //!
 //! # Retries and deadlines
 //!
 //! The crate retries Aborted transactions itself (with the server's retry delay and lock
-//! priority); hedge bounds each operation with [`SpannerOptions::operation_timeout`]. An
-//! unreachable endpoint turns into [`StoreError::Unavailable`] with a hint, never a hang.
+//! priority). Each operation is bounded by [`SpannerOptions::operation_timeout`] and connecting
+//! by [`SpannerOptions::connect_timeout`]. An endpoint that refuses connections fails `connect`
+//! with [`StoreError::Unavailable`] and a hint; an operation against a server that went away
+//! fails with `Unavailable` or, when the crate is still retrying at the deadline,
+//! [`StoreError::Timeout`]; never a hang. An operation cut off by its deadline may still have
+//! committed (as after any lost reply): callers treat its outcome as unknown.
 //!
 //! # Emulator
 //!
@@ -42,13 +47,14 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::options::RequestOptions;
 use google_cloud_gax::retry_policy::RetryPolicyExt as _;
-use google_cloud_spanner::RequestOptions;
 use google_cloud_spanner::channel_pool::StaticChannelPoolConfig;
 use google_cloud_spanner::client::{DatabaseAdmin, DatabaseClient, Spanner, SpannerBuilderExt};
 use google_cloud_spanner::mutation::Mutation;
+use google_cloud_spanner::result::Row;
 use google_cloud_spanner::retry_policy::SpannerRetryPolicy;
-use google_cloud_spanner::statement::Statement;
+use google_cloud_spanner::statement::{Statement, StatementBuilder};
 use google_cloud_spanner::transaction::ReadWriteTransaction;
 
 use super::lease::{
@@ -69,6 +75,14 @@ pub const ENV_EMULATOR_REST: &str = "HEDGE_SPANNER_EMULATOR_REST";
 /// The value that makes Spanner store a mutation's commit timestamp in a column declared with
 /// `allow_commit_timestamp=true` (the official crate has no typed sentinel).
 pub const COMMIT_TIMESTAMP: &str = "spanner.commit_timestamp()";
+
+/// The share of a deadline given to the crate's own retry limits. The crate does not always
+/// stop at its limit (a query stream retries a refused connection past it), so hedge enforces
+/// the full deadline itself; the crate, stopping a little earlier when it does, reports the
+/// more telling error (a refused connection, say) instead of a bare timeout.
+fn inner_deadline(deadline: Duration) -> Duration {
+    deadline.mul_f64(0.9)
+}
 
 /// How to reach Spanner.
 ///
@@ -91,6 +105,9 @@ pub struct SpannerOptions {
     pub connect_timeout: Duration,
     /// How long one operation may take, its Aborted retries included. Default 10 s.
     pub operation_timeout: Duration,
+    /// How long one schema change (a DDL batch, which real Spanner may take minutes to apply)
+    /// may take. Default 10 minutes.
+    pub schema_timeout: Duration,
     /// Export the crate's built-in client metrics to Cloud Monitoring (needs the
     /// `monitoring.timeSeries.create` permission). Default `false`; never on for emulators.
     pub export_builtin_metrics: bool,
@@ -103,6 +120,7 @@ impl Default for SpannerOptions {
             emulator_rest_endpoint: None,
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
+            schema_timeout: Duration::from_secs(600),
             export_builtin_metrics: false,
         }
     }
@@ -151,7 +169,7 @@ impl SpannerOptions {
         })
     }
 
-    fn rest_endpoint(&self) -> Option<String> {
+    pub(crate) fn rest_endpoint(&self) -> Option<String> {
         if let Some(rest) = &self.emulator_rest_endpoint {
             return Some(rest.clone());
         }
@@ -188,8 +206,10 @@ impl Connection {
         let attempt = async {
             let spanner = build_spanner(options).await?;
             let mut request = RequestOptions::default();
-            request.set_attempt_timeout(deadline);
-            request.set_retry_policy(SpannerRetryPolicy::new().with_time_limit(deadline));
+            request.set_attempt_timeout(inner_deadline(deadline));
+            request.set_retry_policy(
+                SpannerRetryPolicy::new().with_time_limit(inner_deadline(deadline)),
+            );
             let client = spanner
                 .database_client(database.clone())
                 .with_request_options(request)
@@ -206,8 +226,7 @@ impl Connection {
         };
         // The crate retries transport errors of idempotent calls; the time limit above bounds
         // that, and this outer limit bounds everything else (DNS, TLS, credentials).
-        let grace = Duration::from_secs(2);
-        let (spanner, client) = tokio::time::timeout(deadline + grace, attempt)
+        let (spanner, client) = tokio::time::timeout(deadline, attempt)
             .await
             .map_err(|_| StoreError::Unavailable {
                 message: format!(
@@ -237,6 +256,40 @@ impl Connection {
             ),
             source: Some(Box::new(e)),
         })
+    }
+
+    /// Runs one strong single-use query, bounded by the operation timeout, and converts each
+    /// row with `convert`.
+    pub(crate) async fn query<T>(
+        &self,
+        ctx: &ErrorContext<'_>,
+        op: &str,
+        statement: StatementBuilder,
+        mut convert: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let timeout = self.options.operation_timeout;
+        let statement = statement
+            .with_attempt_timeout(inner_deadline(timeout))
+            .with_retry_policy(SpannerRetryPolicy::new().with_time_limit(inner_deadline(timeout)))
+            .build();
+        let run = async {
+            let mut rows = self
+                .client
+                .single_use()
+                .build()
+                .execute_query(statement)
+                .await
+                .map_err(|e| map_error(ctx, op, e))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(|e| map_error(ctx, op, e))?;
+                out.push(convert(&row)?);
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 
     pub(crate) fn context<'a>(&'a self, table: Option<&'a str>) -> ErrorContext<'a> {
@@ -288,7 +341,11 @@ pub(crate) struct ErrorContext<'a> {
 }
 
 impl<'a> ErrorContext<'a> {
-    fn new(database: &'a str, options: &'a SpannerOptions, table: Option<&'a str>) -> Self {
+    pub(crate) fn new(
+        database: &'a str,
+        options: &'a SpannerOptions,
+        table: Option<&'a str>,
+    ) -> Self {
         Self {
             database,
             options,
@@ -297,7 +354,7 @@ impl<'a> ErrorContext<'a> {
         }
     }
 
-    fn with_tables(mut self, tables: &'a TableNames) -> Self {
+    pub(crate) fn with_tables(mut self, tables: &'a TableNames) -> Self {
         self.tables = Some(tables);
         self
     }
@@ -461,26 +518,60 @@ impl SpannerStore {
         let members = self.tables.members.clone();
         let group = group.to_owned();
         let deleted = self
-            .read_write("deleting a group", &self.tables.locks, move |tx| {
-                let (locks, members, group) = (locks.clone(), members.clone(), group.clone());
-                async move {
-                    let mut total = 0i64;
-                    for table in [&locks, &members] {
-                        total += tx
+            .read_write(
+                "deleting a group",
+                &self.tables.locks,
+                move |tx: ReadWriteTransaction| {
+                    let (locks, members, group) = (locks.clone(), members.clone(), group.clone());
+                    async move {
+                        let mut total = 0i64;
+                        for table in [&locks, &members] {
+                            total += tx
+                                .execute_update(
+                                    Statement::builder(format!(
+                                        "DELETE FROM {table} WHERE group_name = @g"
+                                    ))
+                                    .add_param("g", group.as_str())
+                                    .build(),
+                                )
+                                .await?;
+                        }
+                        Ok(Ok(total))
+                    }
+                },
+            )
+            .await?;
+        Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+
+    /// Deletes the row of `key` behind the election's back, as a person (or a clean-up gone
+    /// wrong) might: for recovery tests (spindle's W7). Returns whether a row was deleted.
+    pub async fn delete_lock(&self, key: &LockKey) -> StoreResult<bool> {
+        let locks = self.tables.locks.clone();
+        let key = key.clone();
+        let deleted = self
+            .read_write(
+                "deleting a lock row",
+                &self.tables.locks,
+                move |tx: ReadWriteTransaction| {
+                    let (locks, key) = (locks.clone(), key.clone());
+                    async move {
+                        let n = tx
                             .execute_update(
                                 Statement::builder(format!(
-                                    "DELETE FROM {table} WHERE group_name = @g"
+                                    "DELETE FROM {locks} WHERE group_name = @g AND lock_name = @n"
                                 ))
-                                .add_param("g", group.as_str())
+                                .add_param("g", key.group.as_str())
+                                .add_param("n", key.name.as_str())
                                 .build(),
                             )
                             .await?;
+                        Ok(Ok(n))
                     }
-                    Ok(Ok(total))
-                }
-            })
+                },
+            )
             .await?;
-        Ok(u64::try_from(deleted).unwrap_or(0))
+        Ok(deleted > 0)
     }
 
     fn context<'a>(&'a self, table: &'a str) -> ErrorContext<'a> {
@@ -489,10 +580,9 @@ impl SpannerStore {
 
     /// Runs `work` as one read-write transaction, bounded by the operation timeout. `work`
     /// returns `Ok(Err(_))` for a decision error (corrupt data): nothing is buffered then.
-    async fn read_write<T, F, Fut>(&self, op: &str, table: &str, work: F) -> StoreResult<T>
+    async fn read_write<T, F>(&self, op: &str, table: &str, work: F) -> StoreResult<T>
     where
-        F: FnMut(ReadWriteTransaction) -> Fut,
-        Fut: Future<Output = google_cloud_spanner::Result<StoreResult<T>>>,
+        F: AsyncFnMut(ReadWriteTransaction) -> google_cloud_spanner::Result<StoreResult<T>>,
     {
         let timeout = self.conn.options.operation_timeout;
         let run = async {
@@ -503,12 +593,12 @@ impl SpannerStore {
             self.conn
                 .client
                 .read_write_transaction()
-                .with_transaction_timeout(timeout)
+                .with_transaction_timeout(inner_deadline(timeout))
                 .build()
                 .run(work)
                 .await
         };
-        match tokio::time::timeout(timeout + Duration::from_secs(2), run).await {
+        match tokio::time::timeout(timeout, run).await {
             Err(_) => Err(StoreError::Timeout(timeout)),
             Ok(Err(e)) => Err(map_error(&self.context(table), op, e)),
             Ok(Ok(result)) => result.into_inner(),
@@ -520,34 +610,12 @@ impl SpannerStore {
         &self,
         op: &str,
         table: &str,
-        statement: google_cloud_spanner::statement::StatementBuilder,
-        mut convert: impl FnMut(&google_cloud_spanner::client::Row) -> StoreResult<T>,
+        statement: StatementBuilder,
+        convert: impl FnMut(&Row) -> StoreResult<T>,
     ) -> StoreResult<Vec<T>> {
-        let timeout = self.conn.options.operation_timeout;
-        let statement = statement
-            .with_attempt_timeout(timeout)
-            .with_retry_policy(SpannerRetryPolicy::new().with_time_limit(timeout))
-            .build();
-        let ctx = self.context(table);
-        let run = async {
-            let mut rows = self
-                .conn
-                .client
-                .single_use()
-                .build()
-                .execute_query(statement)
-                .await
-                .map_err(|e| map_error(&ctx, op, e))?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(|e| map_error(&ctx, op, e))?;
-                out.push(convert(&row)?);
-            }
-            Ok(out)
-        };
-        tokio::time::timeout(timeout + Duration::from_secs(2), run)
+        self.conn
+            .query(&self.context(table), op, statement, convert)
             .await
-            .unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 }
 
@@ -569,11 +637,11 @@ fn corrupt(table: &str, message: impl Into<String>) -> StoreError {
 }
 
 fn column<T: google_cloud_spanner::value::FromValue>(
-    row: &google_cloud_spanner::client::Row,
+    row: &Row,
     table: &str,
     name: &str,
 ) -> StoreResult<T> {
-    row.get::<T, _>(name)
+    row.get::<T>(name)
         .map_err(|e| corrupt(table, format!("column {name}: {e}")))
 }
 
@@ -582,10 +650,7 @@ fn non_negative(table: &str, name: &str, value: i64) -> StoreResult<u64> {
 }
 
 /// A lock row as observed, and the statement's time in microseconds since the epoch.
-fn observe(
-    row: &google_cloud_spanner::client::Row,
-    table: &str,
-) -> StoreResult<(ObservedLock, u64)> {
+fn observe(row: &Row, table: &str) -> StoreResult<(ObservedLock, u64)> {
     let holder: Option<String> = column(row, table, "holder")?;
     let token = non_negative(table, "token", column(row, table, "token")?)?;
     let lease_us = non_negative(table, "lease_us", column(row, table, "lease_us")?)?;
@@ -662,42 +727,48 @@ impl Store for SpannerStore {
         let locks = self.tables.locks.clone();
         let key = key.clone();
         let candidate = candidate.to_owned();
-        self.read_write("acquiring a lock", &self.tables.locks, move |tx| {
-            let (locks, key, candidate) = (locks.clone(), key.clone(), candidate.clone());
-            async move {
-                let (observed, now_us) = match read_lock(&tx, &locks, &key, true).await? {
-                    Ok(seen) => seen,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let token = match lease::decide_acquire(observed.as_ref(), now_us) {
-                    AcquireDecision::Held(holder) => return Ok(Ok(AcquireOutcome::Held(holder))),
-                    AcquireDecision::Grant { token } => token,
-                };
-                let Ok(stored_token) = i64::try_from(token) else {
-                    return Ok(Err(corrupt(
-                        &locks,
-                        format!("the next token {token} overflows INT64"),
-                    )));
-                };
-                tx.buffer([Mutation::new_insert_or_update_builder(locks.as_str())
-                    .set("group_name")
-                    .to(key.group.as_str())
-                    .set("lock_name")
-                    .to(key.name.as_str())
-                    .set("holder")
-                    .to(candidate.as_str())
-                    .set("token")
-                    .to(stored_token)
-                    .set("lease_us")
-                    .to(lease_us)
-                    .set("heartbeat")
-                    .to(COMMIT_TIMESTAMP)
-                    .set("granted_at")
-                    .to(COMMIT_TIMESTAMP)
-                    .build()])?;
-                Ok(Ok(AcquireOutcome::Granted { token }))
-            }
-        })
+        self.read_write(
+            "acquiring a lock",
+            &self.tables.locks,
+            move |tx: ReadWriteTransaction| {
+                let (locks, key, candidate) = (locks.clone(), key.clone(), candidate.clone());
+                async move {
+                    let (observed, now_us) = match read_lock(&tx, &locks, &key, true).await? {
+                        Ok(seen) => seen,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    let token = match lease::decide_acquire(observed.as_ref(), now_us) {
+                        AcquireDecision::Held(holder) => {
+                            return Ok(Ok(AcquireOutcome::Held(holder)));
+                        }
+                        AcquireDecision::Grant { token } => token,
+                    };
+                    let Ok(stored_token) = i64::try_from(token) else {
+                        return Ok(Err(corrupt(
+                            &locks,
+                            format!("the next token {token} overflows INT64"),
+                        )));
+                    };
+                    tx.buffer([Mutation::new_insert_or_update_builder(locks.as_str())
+                        .set("group_name")
+                        .to(key.group.as_str())
+                        .set("lock_name")
+                        .to(key.name.as_str())
+                        .set("holder")
+                        .to(candidate.as_str())
+                        .set("token")
+                        .to(stored_token)
+                        .set("lease_us")
+                        .to(lease_us)
+                        .set("heartbeat")
+                        .to(COMMIT_TIMESTAMP)
+                        .set("granted_at")
+                        .to(COMMIT_TIMESTAMP)
+                        .build()])?;
+                    Ok(Ok(AcquireOutcome::Granted { token }))
+                }
+            },
+        )
         .await
     }
 
@@ -712,29 +783,33 @@ impl Store for SpannerStore {
         let locks = self.tables.locks.clone();
         let key = key.clone();
         let holder = holder.to_owned();
-        self.read_write("renewing a lock", &self.tables.locks, move |tx| {
-            let (locks, key, holder) = (locks.clone(), key.clone(), holder.clone());
-            async move {
-                let observed = match read_lock(&tx, &locks, &key, false).await? {
-                    Ok((observed, _)) => observed,
-                    Err(e) => return Ok(Err(e)),
-                };
-                if let Err(cause) = lease::decide_renew(observed.as_ref(), &holder, token) {
-                    return Ok(Ok(RenewOutcome::Lost(cause)));
+        self.read_write(
+            "renewing a lock",
+            &self.tables.locks,
+            move |tx: ReadWriteTransaction| {
+                let (locks, key, holder) = (locks.clone(), key.clone(), holder.clone());
+                async move {
+                    let observed = match read_lock(&tx, &locks, &key, false).await? {
+                        Ok((observed, _)) => observed,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if let Err(cause) = lease::decide_renew(observed.as_ref(), &holder, token) {
+                        return Ok(Ok(RenewOutcome::Lost(cause)));
+                    }
+                    tx.buffer([Mutation::new_update_builder(locks.as_str())
+                        .set("group_name")
+                        .to(key.group.as_str())
+                        .set("lock_name")
+                        .to(key.name.as_str())
+                        .set("lease_us")
+                        .to(lease_us)
+                        .set("heartbeat")
+                        .to(COMMIT_TIMESTAMP)
+                        .build()])?;
+                    Ok(Ok(RenewOutcome::Renewed))
                 }
-                tx.buffer([Mutation::new_update_builder(locks.as_str())
-                    .set("group_name")
-                    .to(key.group.as_str())
-                    .set("lock_name")
-                    .to(key.name.as_str())
-                    .set("lease_us")
-                    .to(lease_us)
-                    .set("heartbeat")
-                    .to(COMMIT_TIMESTAMP)
-                    .build()])?;
-                Ok(Ok(RenewOutcome::Renewed))
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -747,29 +822,33 @@ impl Store for SpannerStore {
         let locks = self.tables.locks.clone();
         let key = key.clone();
         let holder = holder.to_owned();
-        self.read_write("releasing a lock", &self.tables.locks, move |tx| {
-            let (locks, key, holder) = (locks.clone(), key.clone(), holder.clone());
-            async move {
-                let observed = match read_lock(&tx, &locks, &key, false).await? {
-                    Ok((observed, _)) => observed,
-                    Err(e) => return Ok(Err(e)),
-                };
-                if !lease::decide_release(observed.as_ref(), &holder, token) {
-                    return Ok(Ok(ReleaseOutcome::NotHolder));
+        self.read_write(
+            "releasing a lock",
+            &self.tables.locks,
+            move |tx: ReadWriteTransaction| {
+                let (locks, key, holder) = (locks.clone(), key.clone(), holder.clone());
+                async move {
+                    let observed = match read_lock(&tx, &locks, &key, false).await? {
+                        Ok((observed, _)) => observed,
+                        Err(e) => return Ok(Err(e)),
+                    };
+                    if !lease::decide_release(observed.as_ref(), &holder, token) {
+                        return Ok(Ok(ReleaseOutcome::NotHolder));
+                    }
+                    tx.buffer([Mutation::new_update_builder(locks.as_str())
+                        .set("group_name")
+                        .to(key.group.as_str())
+                        .set("lock_name")
+                        .to(key.name.as_str())
+                        .set("holder")
+                        .to(None::<String>)
+                        .set("heartbeat")
+                        .to(COMMIT_TIMESTAMP)
+                        .build()])?;
+                    Ok(Ok(ReleaseOutcome::Released))
                 }
-                tx.buffer([Mutation::new_update_builder(locks.as_str())
-                    .set("group_name")
-                    .to(key.group.as_str())
-                    .set("lock_name")
-                    .to(key.name.as_str())
-                    .set("holder")
-                    .to(None::<String>)
-                    .set("heartbeat")
-                    .to(COMMIT_TIMESTAMP)
-                    .build()])?;
-                Ok(Ok(ReleaseOutcome::Released))
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -794,58 +873,62 @@ impl Store for SpannerStore {
         let members = self.tables.members.clone();
         let group = group.to_owned();
         let member = member.clone();
-        self.read_write("recording a member", &self.tables.members, move |tx| {
-            let (members, group, member) = (members.clone(), group.clone(), member.clone());
-            async move {
-                let mut rows = tx
-                    .execute_query(
-                        Statement::builder(format!(
-                            "SELECT ttl_us, \
+        self.read_write(
+            "recording a member",
+            &self.tables.members,
+            move |tx: ReadWriteTransaction| {
+                let (members, group, member) = (members.clone(), group.clone(), member.clone());
+                async move {
+                    let mut rows = tx
+                        .execute_query(
+                            Statement::builder(format!(
+                                "SELECT ttl_us, \
                              TIMESTAMP_DIFF(CURRENT_TIMESTAMP(), heartbeat, MICROSECOND) AS age_us \
                              FROM {members} WHERE group_name = @g AND member_id = @m"
-                        ))
-                        .add_param("g", group.as_str())
-                        .add_param("m", member.id.as_str())
-                        .build(),
-                    )
-                    .await?;
-                let alive = match rows.next().await.transpose()? {
-                    None => false,
-                    Some(row) => {
-                        let ttl: i64 = match column(&row, &members, "ttl_us") {
-                            Ok(v) => v,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        let age: i64 = match column(&row, &members, "age_us") {
-                            Ok(v) => v,
-                            Err(e) => return Ok(Err(e)),
-                        };
-                        age.max(0) < ttl
-                    }
-                };
-                let builder = if alive {
-                    // Keep joined_at: the member never left.
-                    Mutation::new_update_builder(members.as_str())
-                } else {
-                    Mutation::new_insert_or_update_builder(members.as_str())
-                        .set("joined_at")
+                            ))
+                            .add_param("g", group.as_str())
+                            .add_param("m", member.id.as_str())
+                            .build(),
+                        )
+                        .await?;
+                    let alive = match rows.next().await.transpose()? {
+                        None => false,
+                        Some(row) => {
+                            let ttl: i64 = match column(&row, &members, "ttl_us") {
+                                Ok(v) => v,
+                                Err(e) => return Ok(Err(e)),
+                            };
+                            let age: i64 = match column(&row, &members, "age_us") {
+                                Ok(v) => v,
+                                Err(e) => return Ok(Err(e)),
+                            };
+                            age.max(0) < ttl
+                        }
+                    };
+                    let builder = if alive {
+                        // Keep joined_at: the member never left.
+                        Mutation::new_update_builder(members.as_str())
+                    } else {
+                        Mutation::new_insert_or_update_builder(members.as_str())
+                            .set("joined_at")
+                            .to(COMMIT_TIMESTAMP)
+                    };
+                    tx.buffer([builder
+                        .set("group_name")
+                        .to(group.as_str())
+                        .set("member_id")
+                        .to(member.id.as_str())
+                        .set("address")
+                        .to(member.address.clone())
+                        .set("ttl_us")
+                        .to(ttl_us)
+                        .set("heartbeat")
                         .to(COMMIT_TIMESTAMP)
-                };
-                tx.buffer([builder
-                    .set("group_name")
-                    .to(group.as_str())
-                    .set("member_id")
-                    .to(member.id.as_str())
-                    .set("address")
-                    .to(member.address.clone())
-                    .set("ttl_us")
-                    .to(ttl_us)
-                    .set("heartbeat")
-                    .to(COMMIT_TIMESTAMP)
-                    .build()])?;
-                Ok(Ok(()))
-            }
-        })
+                        .build()])?;
+                    Ok(Ok(()))
+                }
+            },
+        )
         .await
     }
 
@@ -853,21 +936,25 @@ impl Store for SpannerStore {
         let members = self.tables.members.clone();
         let group = group.to_owned();
         let id = id.to_owned();
-        self.read_write("removing a member", &self.tables.members, move |tx| {
-            let (members, group, id) = (members.clone(), group.clone(), id.clone());
-            async move {
-                tx.execute_update(
-                    Statement::builder(format!(
-                        "DELETE FROM {members} WHERE group_name = @g AND member_id = @m"
-                    ))
-                    .add_param("g", group.as_str())
-                    .add_param("m", id.as_str())
-                    .build(),
-                )
-                .await?;
-                Ok(Ok(()))
-            }
-        })
+        self.read_write(
+            "removing a member",
+            &self.tables.members,
+            move |tx: ReadWriteTransaction| {
+                let (members, group, id) = (members.clone(), group.clone(), id.clone());
+                async move {
+                    tx.execute_update(
+                        Statement::builder(format!(
+                            "DELETE FROM {members} WHERE group_name = @g AND member_id = @m"
+                        ))
+                        .add_param("g", group.as_str())
+                        .add_param("m", id.as_str())
+                        .build(),
+                    )
+                    .await?;
+                    Ok(Ok(()))
+                }
+            },
+        )
         .await
     }
 

@@ -1,0 +1,25 @@
+# syntax=docker/dockerfile:1.7
+# The hedge operator image. Build from the repository root:
+#   docker build -f docker/operator.Dockerfile -t hedge-operator:dev .
+
+# Build stage: the workspace's rust-version (Cargo.toml) and the locked dependencies.
+FROM rust:1.91-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked -p hedge-operator \
+    && install -D -m 0755 target/release/hedge-operator /out/hedge-operator
+
+# Runtime: glibc, libgcc, CA certificates and nothing else; runs as uid/gid 65532 ("nonroot").
+FROM gcr.io/distroless/cc-debian12:nonroot
+LABEL org.opencontainers.image.title="hedge-operator" \
+      org.opencontainers.image.description="Kubernetes operator for hedge HedgeGroup resources" \
+      org.opencontainers.image.source="https://github.com/hedge-rs/hedge" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /out/hedge-operator /usr/local/bin/hedge-operator
+USER 65532:65532
+# Metrics and the /healthz and /readyz probes.
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/hedge-operator"]
+CMD ["--metrics-addr", "0.0.0.0:8080"]

@@ -1,0 +1,134 @@
+//! The HTTP endpoints (hyper 1): `/metrics` (Prometheus text), `/healthz` (the process answers)
+//! and `/readyz` (the controller has started, after the CRD check).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the endpoints report, shared with the controller.
+#[derive(Clone, Default)]
+pub struct State {
+    ready: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+}
+
+impl State {
+    /// A state serving `registry`, not ready yet.
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            ready: Arc::default(),
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Marks the operator ready (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response
+}
+
+/// Answers one request.
+pub fn route<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
+    }
+    match request.uri().path() {
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics_text(),
+        ),
+        "/healthz" => respond(StatusCode::OK, TEXT, "ok\n"),
+        "/readyz" if state.is_ready() => respond(StatusCode::OK, TEXT, "ready\n"),
+        "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n"),
+        _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
+    }
+}
+
+/// Binds `addr`; the error says which address failed.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` is cancelled; connections in flight finish on their own (every
+/// request is answered at once).
+pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "serving /metrics, /healthz and /readyz");
+    }
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                debug!("accept failed: {e}");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = route(&state, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}

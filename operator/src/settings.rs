@@ -1,0 +1,103 @@
+//! The command line: flags, each also read from an environment variable (flags win).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// The hedge operator: reconciles HedgeGroup resources (Spanner schema, the members'
+/// configuration, status).
+#[derive(Debug, Parser)]
+#[command(name = "hedge-operator", version, about)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The operator's settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Print the HedgeGroup CRD as YAML (what crds/hedgegroup.yaml holds).
+    Crd,
+    /// Run the operator (the default).
+    Run,
+}
+
+/// The operator's settings.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct RunArgs {
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "HEDGE_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "HEDGE_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,hedge_operator=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+    /// Watch HedgeGroups in this namespace only (all namespaces when unset).
+    #[arg(long, env = "HEDGE_OPERATOR_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How often a healthy group is reconciled again to refresh its leader and members
+    /// (e.g. `30s`, `2m`).
+    #[arg(long, env = "HEDGE_OPERATOR_RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// The first retry delay after a failed reconcile; it doubles per further failure.
+    #[arg(long, env = "HEDGE_OPERATOR_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub backoff_base: Duration,
+    /// The longest retry delay.
+    #[arg(long, env = "HEDGE_OPERATOR_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// How long one Spanner call may take.
+    #[arg(long, env = "HEDGE_OPERATOR_SPANNER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub spanner_timeout: Duration,
+    /// This operator's instance in events (the pod name from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use a number and a unit, e.g. 500ms, 30s, 5m, 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(format!("{s:?} has no unit: use ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(parse_duration("s").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn the_crd_subcommand_needs_no_settings() {
+        let cli = Cli::try_parse_from(["hedge-operator", "crd"]).unwrap();
+        assert_eq!(cli.command, Some(Command::Crd));
+        let cli = Cli::try_parse_from(["hedge-operator", "--log-format", "json", "--resync-interval", "10s"]).unwrap();
+        assert_eq!(cli.command, None);
+        assert_eq!(cli.run.log_format, LogFormat::Json);
+        assert_eq!(cli.run.resync_interval, Duration::from_secs(10));
+    }
+}
