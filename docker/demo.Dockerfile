@@ -22,3 +22,5 @@ USER 65532:65532
 # The peer transport (HEDGE_PEER_PORT's default).
 EXPOSE 7946
 ENTRYPOINT ["/usr/local/bin/hedge-demo"]
+# One member of a group configured from the environment (`hedge-demo local` runs a group in-process).
+CMD ["member"]

@@ -34,15 +34,11 @@ pub const REGENERATE_COMMAND: &str = "cargo run -p hedge-operator -- crd > crds/
     derive = "PartialEq",
     derive = "Default",
     doc = "A hedge group: leader election with fencing tokens and membership on Cloud Spanner for the pods of a Deployment.",
-    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
-    printcolumn(name = "Token", type_ = "integer", json_path = ".status.token"),
-    printcolumn(name = "Members", type_ = "integer", json_path = ".status.members"),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Leader", "type": "string", "jsonPath": ".status.leader"}"#,
+    printcolumn = r#"{"name": "Token", "type": "integer", "jsonPath": ".status.token"}"#,
+    printcolumn = r#"{"name": "Members", "type": "integer", "jsonPath": ".status.members"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
@@ -303,5 +299,9 @@ pub struct HedgeGroupStatus {
 
 /// The CRD as YAML, exactly what `hedge-operator crd` prints and `crds/hedgegroup.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&HedgeGroup::crd())
+    let yaml = serde_yaml::to_string(&HedgeGroup::crd())?;
+    Ok(format!(
+        "# Generated from operator/src/crd.rs by `hedge-operator crd`; do not edit.\n\
+         # Regenerate: {REGENERATE_COMMAND}\n{yaml}"
+    ))
 }

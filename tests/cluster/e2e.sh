@@ -18,6 +18,8 @@
 #   E2E_SKIP_BUILD     1: use already built images hedge-operator:e2e and hedge-demo:e2e
 #   E2E_TIMEOUT        how long to wait for each step, in seconds (default 300)
 set -euo pipefail
+# Command substitutions fail the script too (a failed read must never look like an empty answer).
+shopt -s inherit_errexit
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cluster=${E2E_CLUSTER_NAME:-hedge-e2e}
@@ -168,6 +170,11 @@ spec:
     - {name: rest, port: 9020, targetPort: rest}
 EOF
     kubectl -n "$ns" rollout status deployment/spanner-emulator --timeout "$timeout"
+    local deadline=$((SECONDS + timeout_s))
+    until emulator_rest GET /v1/projects/e2e/instanceConfigs >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "the emulator's REST gateway does not answer"
+        sleep 2
+    done
     if ! emulator_rest GET /v1/projects/e2e/instances/e2e >/dev/null 2>&1; then
         emulator_rest POST /v1/projects/e2e/instances \
             '{"instanceId":"e2e","instance":{"config":"emulator-config","displayName":"e2e","nodeCount":1}}' >/dev/null
@@ -181,7 +188,7 @@ EOF
 # tables: the names of the tables in the database, one per line; fails when the DDL can't be read.
 tables() {
     local ddl
-    ddl=$(emulator_rest GET "/v1/$database/ddl")
+    ddl=$(emulator_rest GET "/v1/$database/ddl") || return 1
     grep -o 'CREATE TABLE [`A-Za-z0-9_]*' <<<"$ddl" | sed 's/CREATE TABLE //; s/`//g' || true
 }
 
@@ -278,7 +285,7 @@ check_ready() {
 # owned UID: the ConfigMaps and Secrets in the namespace that UID owns, as kind/name lines.
 owned() {
     local listing
-    listing=$(kubectl -n "$ns" get configmaps,secrets -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}{" "}{.metadata.ownerReferences[*].uid}{"\n"}{end}')
+    listing=$(kubectl -n "$ns" get configmaps,secrets -o jsonpath='{range .items[*]}{.kind}/{.metadata.name}{" "}{.metadata.ownerReferences[*].uid}{"\n"}{end}') || return 1
     awk -v uid="$1" '{ for (i = 2; i <= NF; i++) if ($i == uid) { print $1; next } }' <<<"$listing"
 }
 

@@ -262,15 +262,21 @@ async fn a_renewal_is_never_seen_as_expired_by_the_next_acquire() {
     let b = emulator.store(&db).await.expect("store b");
     let key = LockKey::new("g", "leader");
     let token = granted(a.acquire(&key, "a", LEASE).await.expect("acquire"));
-    for _ in 0..25 {
+    let held_by_a = |outcome: AcquireOutcome| matches!(outcome, AcquireOutcome::Held(ref h) if h.id == "a" && h.token == token);
+    for _ in 0..20 {
+        // Back to back...
+        let renewed = a.renew(&key, "a", token, LEASE).await.expect("renew");
+        assert_eq!(renewed, RenewOutcome::Renewed);
+        assert!(held_by_a(
+            b.acquire(&key, "b", LEASE).await.expect("acquire")
+        ));
+        // ...and racing (the emulator serialises them in either order).
         let (renewed, taken) = tokio::join!(
             a.renew(&key, "a", token, LEASE),
             b.acquire(&key, "b", LEASE)
         );
         assert_eq!(renewed.expect("renew"), RenewOutcome::Renewed);
-        assert!(
-            matches!(taken.expect("acquire"), AcquireOutcome::Held(ref h) if h.id == "a" && h.token == token)
-        );
+        assert!(held_by_a(taken.expect("acquire")));
     }
 }
 
@@ -973,4 +979,32 @@ async fn current_timestamp_in_a_transaction_follows_earlier_commits() {
         previous_commit = Some(commit_us);
     }
     eprintln!("CURRENT_TIMESTAMP - previous commit: min {min_gap} us; min age {min_age} us");
+}
+
+#[tokio::test]
+async fn default_options_follow_spanner_emulator_host() {
+    // Runs only against an external emulator: SPANNER_EMULATOR_HOST (and, off port 9010,
+    // HEDGE_SPANNER_EMULATOR_REST) set for the test process.
+    if std::env::var_os("SPANNER_EMULATOR_HOST").is_none() {
+        println!(
+            "skipped: default_options_follow_spanner_emulator_host: SPANNER_EMULATOR_HOST is not set"
+        );
+        return;
+    }
+    let emulator = require_emulator!();
+    let db = emulator.create_database().await.expect("db");
+    let defaults = SpannerOptions::default();
+    assert!(defaults.targets_emulator());
+    let report = schema::ensure_schema(&db, &TableNames::default(), &defaults)
+        .await
+        .expect("schema through the environment's emulator");
+    assert_eq!(report.version_after, SCHEMA_VERSION);
+    let s = SpannerStore::connect(&db, TableNames::default(), &defaults)
+        .await
+        .expect("store through the environment's emulator");
+    granted(
+        s.acquire(&LockKey::new("g", "l"), "a", LEASE)
+            .await
+            .expect("acquire"),
+    );
 }

@@ -55,7 +55,7 @@ use google_cloud_spanner::mutation::Mutation;
 use google_cloud_spanner::result::Row;
 use google_cloud_spanner::retry_policy::SpannerRetryPolicy;
 use google_cloud_spanner::statement::{Statement, StatementBuilder};
-use google_cloud_spanner::transaction::ReadWriteTransaction;
+use google_cloud_spanner::transaction::{ReadWriteTransaction, TimestampBound};
 
 use super::lease::{
     self, AcquireDecision, AcquireOutcome, ObservedLock, ReleaseOutcome, RenewOutcome,
@@ -276,6 +276,7 @@ impl Connection {
             let mut rows = self
                 .client
                 .single_use()
+                .set_timestamp_bound(TimestampBound::strong())
                 .build()
                 .execute_query(statement)
                 .await

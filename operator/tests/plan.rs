@@ -1,0 +1,287 @@
+//! The pure reconcile steps on YAML fixtures (`tests/fixtures/*.yaml`): each fixture is a
+//! HedgeGroup and the objects the operator would observe next to it.
+
+use hedge_operator::crd::{DeletionPolicy, HedgeGroup};
+use hedge_operator::plan::{self, CleanupObserved, ConfigProblem, NetworkPolicyStep, Observed};
+use hedge_operator::resources::{CONFIG_HASH_ANNOTATION, PEER_PORT_NAME};
+use hedge_operator::spec::{self, ValidGroup};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The fixture's HedgeGroup, validated, and what it observes.
+fn fixture(name: &str) -> (ValidGroup, Observed) {
+    let path = format!("{}/tests/fixtures/{name}.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut group = None;
+    let mut observed = Observed::default();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: Value = Value::deserialize(doc).unwrap();
+        let parse = |v: Value| serde_json::from_value(v).unwrap_or_else(|e| panic!("{path}: {e}"));
+        match value["kind"].as_str() {
+            Some("HedgeGroup") => group = Some(parse::<HedgeGroup>(value)),
+            Some("ConfigMap") => observed.config_map = Some(parse(value)),
+            Some("Secret") => observed.secret = Some(parse(value)),
+            Some("Deployment") => observed.deployment = Some(parse(value)),
+            Some("NetworkPolicy") => observed.network_policy = Some(parse(value)),
+            other => panic!("{path}: unexpected kind {other:?}"),
+        }
+    }
+    let group = group.unwrap_or_else(|| panic!("{path} has no HedgeGroup"));
+    (spec::validate(&group).unwrap(), observed)
+}
+
+fn to_json(v: &impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap()
+}
+
+#[test]
+fn a_new_group_gets_a_config_map_and_a_generated_secret() {
+    let (v, observed) = fixture("new-group");
+    assert_eq!(v.group, "shop/orders");
+    let plan = plan::plan(&v, &observed);
+    assert!(plan.create_secret);
+    assert!(plan.problems.is_empty());
+    assert_eq!(plan.deployment, None);
+    assert_eq!(plan.network_policy, NetworkPolicyStep::Keep);
+    assert_eq!(plan.writes(), 2);
+
+    let cm = to_json(plan.config_map.as_ref().unwrap());
+    assert_eq!(cm["metadata"]["name"], "orders-hedge-config");
+    assert_eq!(cm["metadata"]["labels"]["app.kubernetes.io/managed-by"], "hedge-operator");
+    assert_eq!(
+        cm["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "hedge.dev/v1alpha1", "kind": "HedgeGroup", "name": "orders", "uid": "u-1",
+                "controller": true, "blockOwnerDeletion": true}])
+    );
+    // Exactly the variables the members read, rendered by the client crate itself.
+    let data = cm["data"].as_object().unwrap();
+    let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    let mut expected = hedge::config::CONFIG_MAP_VARIABLES.to_vec();
+    keys.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+    let vars: std::collections::BTreeMap<String, String> = serde_json::from_value(cm["data"].clone()).unwrap();
+    let config = hedge::Config::from_vars(|k| vars.get(k).cloned()).unwrap();
+    assert_eq!(config.group, "shop/orders");
+    assert_eq!(config.database.unwrap().to_string(), "projects/p/instances/i/databases/d");
+}
+
+#[test]
+fn an_unchanged_group_plans_no_writes() {
+    let (v, observed) = fixture("unchanged-group");
+    let plan = plan::plan(&v, &observed);
+    assert_eq!(plan.writes(), 0, "{plan:#?}");
+    assert!(plan.problems.is_empty());
+}
+
+#[test]
+fn changed_timings_rewrite_only_the_config_map() {
+    let (v, observed) = fixture("changed-timings");
+    let plan = plan::plan(&v, &observed);
+    assert_eq!(plan.writes(), 1);
+    assert!(!plan.create_secret, "the Secret is never rewritten");
+    let data = to_json(plan.config_map.as_ref().unwrap())["data"].clone();
+    // Unset timings derive from the lease the way the client's defaults do.
+    assert_eq!(data["HEDGE_LEASE_MS"], "3000");
+    assert_eq!(data["HEDGE_RENEW_INTERVAL_MS"], "600");
+    assert_eq!(data["HEDGE_POLL_INTERVAL_MS"], "600");
+    assert_eq!(data["HEDGE_SAFETY_MARGIN_MS"], "500");
+}
+
+#[test]
+fn a_referenced_deployment_gets_only_the_operators_fields() {
+    let (v, observed) = fixture("referenced-deployment");
+    let plan = plan::plan(&v, &observed);
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    let (name, body) = plan.deployment.clone().unwrap();
+    assert_eq!(name, "orders-api");
+    assert_eq!(body["apiVersion"], "apps/v1");
+    assert_eq!(body["spec"].as_object().unwrap().len(), 1, "only the pod template: {body:#}");
+    let template = &body["spec"]["template"];
+    assert_eq!(template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].as_str().unwrap().len(), 16);
+    let containers = template["spec"]["containers"].as_array().unwrap();
+    let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["app", "worker"], "the sidecar is not named and stays untouched");
+
+    let app = &containers[0];
+    assert_eq!(app.get("image"), None);
+    assert_eq!(
+        app["envFrom"],
+        json!([
+            {"configMapRef": {"name": "orders-settings"}},
+            {"configMapRef": {"name": "orders-hedge-config"}},
+            {"secretRef": {"name": "orders-hedge-secret"}},
+        ]),
+        "the user's entry is kept, ahead of the group's"
+    );
+    let env: Vec<(&str, &str)> = app["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(env, [("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"), ("POD_IP", "status.podIP")]);
+    assert_eq!(app.get("ports"), None, "7946 is already declared there under another name");
+    assert_eq!(
+        containers[1]["ports"],
+        json!([{"name": PEER_PORT_NAME, "containerPort": 7946, "protocol": "TCP"}])
+    );
+
+    // The NetworkPolicy selects the Deployment's pods and admits the peer port only from them.
+    let NetworkPolicyStep::Apply(np) = &plan.network_policy else {
+        panic!("expected a NetworkPolicy: {:?}", plan.network_policy)
+    };
+    let np = to_json(np.as_ref());
+    assert_eq!(np["metadata"]["name"], "orders-hedge-peers");
+    assert_eq!(np["spec"]["podSelector"], json!({"matchLabels": {"app": "orders-api"}}));
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"][0],
+        json!({"from": [{"podSelector": {"matchLabels": {"app": "orders-api"}}}],
+               "ports": [{"port": 7946, "protocol": "TCP"}]})
+    );
+    assert_eq!(
+        np["spec"]["ingress"][1],
+        json!({"ports": [
+            {"port": 1, "endPort": 7945, "protocol": "TCP"},
+            {"port": 7947, "endPort": 65535, "protocol": "TCP"},
+            {"port": 1, "endPort": 65535, "protocol": "UDP"},
+        ]}),
+        "every other port stays open to every source"
+    );
+}
+
+#[test]
+fn a_configured_deployment_is_not_applied_again_and_a_config_change_changes_its_hash() {
+    let (v, mut observed) = fixture("referenced-deployment");
+    let (_, body) = plan::plan(&v, &observed).deployment.unwrap();
+    // What the API server holds after the apply: the old object merged with the body.
+    let mut deployment = to_json(observed.deployment.as_ref().unwrap());
+    for (i, fragment) in body["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().enumerate() {
+        for (k, value) in fragment.as_object().unwrap() {
+            deployment["spec"]["template"]["spec"]["containers"][i][k] = value.clone();
+        }
+    }
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"] =
+        json!([{"name": "gossip", "containerPort": 7946, "protocol": "TCP"}]);
+    deployment["spec"]["template"]["metadata"]["annotations"] = body["spec"]["template"]["metadata"]["annotations"].clone();
+    observed.deployment = Some(serde_json::from_value(deployment).unwrap());
+    assert_eq!(plan::plan(&v, &observed).deployment, None);
+
+    let (mut v, _) = fixture("referenced-deployment");
+    v.config.election = hedge::ElectionTimings::from_lease(std::time::Duration::from_secs(2));
+    let (_, changed) = plan::plan(&v, &observed).deployment.expect("a new hash rolls the pods");
+    assert_ne!(
+        changed["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+        body["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    );
+}
+
+#[test]
+fn a_missing_deployment_is_reported_and_the_rest_is_still_written() {
+    let (v, observed) = fixture("deployment-missing");
+    let plan = plan::plan(&v, &observed);
+    assert_eq!(plan.problems, [ConfigProblem::DeploymentNotFound("orders-api".into())]);
+    assert_eq!(plan.problems[0].reason(), "DeploymentNotFound");
+    assert!(plan.create_secret && plan.config_map.is_some());
+}
+
+#[test]
+fn a_missing_existing_secret_is_reported_and_holds_back_the_deployment() {
+    let (v, observed) = fixture("existing-secret-missing");
+    let plan = plan::plan(&v, &observed);
+    assert_eq!(plan.problems, [ConfigProblem::SecretNotFound("orders-peers".into())]);
+    assert!(!plan.create_secret, "an existing Secret is never generated");
+    assert_eq!(plan.deployment, None);
+}
+
+#[test]
+fn a_disabled_network_policy_is_deleted() {
+    let (v, observed) = fixture("network-policy-disabled");
+    assert_eq!(plan::plan(&v, &observed).network_policy, NetworkPolicyStep::Delete);
+    let (v, _) = fixture("network-policy-disabled");
+    assert_eq!(plan::plan(&v, &Observed::default()).network_policy, NetworkPolicyStep::Keep);
+}
+
+#[test]
+fn deletion_follows_each_policy() {
+    let (mut v, observed) = fixture("deleted-group");
+    let others = vec!["HedgeGroup shop/billing".to_owned()];
+    let cases = [
+        (DeletionPolicy::Retain, vec![], (false, false)),
+        (DeletionPolicy::DeleteRows, vec![], (true, false)),
+        (DeletionPolicy::DropTables, vec![], (true, true)),
+        (DeletionPolicy::DropTables, others.clone(), (true, false)),
+    ];
+    for (policy, other_users, (delete_rows, drop_tables)) in cases {
+        v.deletion_policy = policy;
+        let cleanup = plan::plan_cleanup(
+            &v,
+            &CleanupObserved {
+                other_users: other_users.clone(),
+                deployment: observed.deployment.clone(),
+            },
+        );
+        assert_eq!((cleanup.delete_rows, cleanup.drop_tables), (delete_rows, drop_tables), "{policy:?}");
+        assert_eq!(cleanup.tables_kept_for, if drop_tables { vec![] } else if policy == DeletionPolicy::DropTables { others.clone() } else { vec![] });
+
+        // The Deployment gets its fields back, keeping the user's own envFrom entry.
+        let (name, body) = cleanup.release_deployment.unwrap();
+        assert_eq!(name, "orders-api");
+        assert_eq!(
+            body["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "app", "envFrom": [{"configMapRef": {"name": "orders-settings"}}]}])
+        );
+    }
+}
+
+#[test]
+fn invalid_specs_say_what_to_change() {
+    let cases = [
+        ("database: projects/p", "expected projects/<project>/instances/<instance>/databases/<database>"),
+        ("{database: projects/p/instances/i/databases/d, tables: {locks: 'a;b'}}", "invalid table name `a;b`"),
+        (
+            "{database: projects/p/instances/i/databases/d, tables: {locks: x, members: X}}",
+            "must have different names",
+        ),
+        (
+            "{database: projects/p/instances/i/databases/d, election: {leaseMs: 1000, renewIntervalMs: 1000}}",
+            "renew interval (1s) must be below lease (1s)",
+        ),
+        (
+            "{database: projects/p/instances/i/databases/d, election: {leaseMs: 1000, safetyMarginMs: 1500}}",
+            "safety margin (1.5s) must be below lease (1s)",
+        ),
+        (
+            "{database: projects/p/instances/i/databases/d, election: {leaseMs: 0}}",
+            "spec.election.leaseMs must be at least 1",
+        ),
+        (
+            "{database: projects/p/instances/i/databases/d, membership: {heartbeatIntervalMs: 20000}}",
+            "member heartbeat interval (20s) must be below member TTL (10s)",
+        ),
+        ("{database: projects/p/instances/i/databases/d, peerPort: 70000}", "spec.peerPort must be between 1 and 65535"),
+        (
+            "{database: projects/p/instances/i/databases/d, networkPolicy: {enabled: true}}",
+            "networkPolicy.enabled needs the members",
+        ),
+        (
+            "{database: projects/p/instances/i/databases/d, groupSecret: {existingSecret: ''}}",
+            "spec.groupSecret.existingSecret must not be empty",
+        ),
+    ];
+    for (spec_yaml, message) in cases {
+        let mut hg: HedgeGroup = serde_yaml::from_str(&format!(
+            "apiVersion: hedge.dev/v1alpha1\nkind: HedgeGroup\nmetadata: {{name: g, namespace: n, uid: u}}\nspec: {spec_yaml}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{spec_yaml}: {e}"));
+        hg.metadata.generation = Some(1);
+        let err = spec::validate(&hg).unwrap_err().to_string();
+        assert!(err.contains(message), "{spec_yaml}: {err:?} should contain {message:?}");
+    }
+}
