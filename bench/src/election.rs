@@ -78,7 +78,9 @@ async fn open(kind: BackendKind) -> Result<Backend, BenchError> {
         BackendKind::Memory => {
             let store = MemoryStore::new();
             Ok(Backend {
-                stores: (0..3).map(|_| Arc::new(store.clone()) as Arc<dyn Store>).collect(),
+                stores: (0..3)
+                    .map(|_| Arc::new(store.clone()) as Arc<dyn Store>)
+                    .collect(),
                 _emulator: None,
             })
         }
@@ -86,14 +88,19 @@ async fn open(kind: BackendKind) -> Result<Backend, BenchError> {
             let emulator = hedge_tests::emulator::Emulator::start(false)
                 .await
                 .map_err(|e| BenchError::Emulator(e.to_string()))?
-                .ok_or_else(|| BenchError::Emulator("no emulator found (see the line above)".into()))?;
+                .ok_or_else(|| {
+                    BenchError::Emulator("no emulator found (see the line above)".into())
+                })?;
             let db = emulator
                 .create_database_with_schema(&hedge::TableNames::default())
                 .await
                 .map_err(|e| BenchError::Emulator(e.to_string()))?;
             let mut stores: Vec<Arc<dyn Store>> = Vec::new();
             for _ in 0..3 {
-                let store = emulator.store(&db).await.map_err(|e| BenchError::Emulator(e.to_string()))?;
+                let store = emulator
+                    .store(&db)
+                    .await
+                    .map_err(|e| BenchError::Emulator(e.to_string()))?;
                 stores.push(Arc::new(store));
             }
             Ok(Backend {
@@ -217,7 +224,10 @@ async fn wait_for_leader(
 }
 
 /// Latency of single acquire and renew operations on an uncontended lock.
-async fn store_latency(backend: &Backend, timings: ElectionTimings) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
+async fn store_latency(
+    backend: &Backend,
+    timings: ElectionTimings,
+) -> Result<(Vec<f64>, Vec<f64>), BenchError> {
     let store = &backend.stores[0];
     let mut acquire = Vec::new();
     let mut renew = Vec::new();

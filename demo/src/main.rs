@@ -56,7 +56,9 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let result = match Cli::parse().command {
-        Command::Local { members, lease_ms } => local(members.into(), Duration::from_millis(lease_ms)).await,
+        Command::Local { members, lease_ms } => {
+            local(members.into(), Duration::from_millis(lease_ms)).await
+        }
         Command::Member => member().await,
     };
     match result {
@@ -97,9 +99,15 @@ async fn local(count: usize, lease: Duration) -> Result<(), DemoError> {
     let (first, token) = wait_for_leader(&members, bound).await?;
     let ids: Vec<String> = hedge_member_ids(&members[first].hedge).await?;
     println!("members: {}", ids.join(", "));
-    println!("{} leads with fencing token {token}", members[first].hedge.member_id());
+    println!(
+        "{} leads with fencing token {token}",
+        members[first].hedge.member_id()
+    );
 
-    println!("crashing {} (no release: the others must wait for its lease to expire)", members[first].hedge.member_id());
+    println!(
+        "crashing {} (no release: the others must wait for its lease to expire)",
+        members[first].hedge.member_id()
+    );
     let crashed_at = Instant::now();
     if let Some(guard) = members[first].guard.take() {
         guard.abort();
@@ -113,7 +121,10 @@ async fn local(count: usize, lease: Duration) -> Result<(), DemoError> {
         timings.poll_interval.as_millis()
     );
 
-    println!("stopping {} gracefully (it releases the lock)", members[second].hedge.member_id());
+    println!(
+        "stopping {} gracefully (it releases the lock)",
+        members[second].hedge.member_id()
+    );
     let released_at = Instant::now();
     if let Some(guard) = members[second].guard.take() {
         guard.shutdown(timings.lease).await?;
@@ -137,7 +148,10 @@ async fn hedge_member_ids(hedge: &Hedge) -> Result<Vec<String>, HedgeError> {
 }
 
 /// Waits until one running member leads; returns its index and token.
-async fn wait_for_leader(members: &[LocalMember], within: Duration) -> Result<(usize, u64), DemoError> {
+async fn wait_for_leader(
+    members: &[LocalMember],
+    within: Duration,
+) -> Result<(usize, u64), DemoError> {
     let started = Instant::now();
     while started.elapsed() < within {
         let leader = members

@@ -35,7 +35,11 @@ pub enum ApplyError {
     Provision(#[from] ProvisionError),
 }
 
-fn kube_error(verb: &'static str, kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> ApplyError {
+fn kube_error(
+    verb: &'static str,
+    kind: &'static str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> ApplyError {
     let name = name.to_owned();
     move |source| ApplyError::Kube {
         verb,
@@ -62,7 +66,10 @@ pub async fn apply(client: &Client, v: &ValidGroup, plan: &Plan) -> Result<bool,
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        match Api::<Secret>::namespaced(client.clone(), ns).create(&pp, &secret).await {
+        match Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&pp, &secret)
+            .await
+        {
             Ok(_) => secret_created = true,
             // Created since it was observed: the existing value stays, never overwritten.
             Err(e) if is_status(&e, kube::core::Status::is_already_exists) => {}
@@ -86,7 +93,10 @@ pub async fn apply(client: &Client, v: &ValidGroup, plan: &Plan) -> Result<bool,
                 .await
                 .map_err(kube_error("apply", "NetworkPolicy", &v.network_policy))?;
         }
-        NetworkPolicyStep::Delete => match policies.delete(&v.network_policy, &DeleteParams::default()).await {
+        NetworkPolicyStep::Delete => match policies
+            .delete(&v.network_policy, &DeleteParams::default())
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, kube::core::Status::is_not_found) => {}
             Err(e) => return Err(kube_error("delete", "NetworkPolicy", &v.network_policy)(e)),
@@ -122,7 +132,9 @@ pub async fn apply_cleanup(
         }
     }
     if plan.delete_rows {
-        provisioner.delete_group_rows(&v.database, &v.tables, &v.group).await?;
+        provisioner
+            .delete_group_rows(&v.database, &v.tables, &v.group)
+            .await?;
     }
     if plan.drop_tables {
         provisioner.drop_schema(&v.database, &v.tables).await?;

@@ -50,7 +50,12 @@ pub struct Cond {
 
 impl Cond {
     /// A condition of `type_`.
-    pub fn new(type_: &'static str, status: Status, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: Status,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
             status,
@@ -73,7 +78,12 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 /// The new conditions: each keeps its old `lastTransitionTime` unless its status changed, so that
 /// a reconcile that changes nothing produces exactly the conditions it found. Old conditions of
 /// other types are dropped (the operator owns every condition of its resource).
-pub fn merge(old: &[Condition], new: &[Cond], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    old: &[Condition],
+    new: &[Cond],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     new.iter()
         .map(|c| {
             let previous = find(old, c.type_);
@@ -105,14 +115,33 @@ mod tests {
 
     #[test]
     fn last_transition_time_changes_only_when_the_status_changes() {
-        let first = merge(&[], &[Cond::new(READY, Status::False, "Pending", "wait")], Some(1), &at(10));
+        let first = merge(
+            &[],
+            &[Cond::new(READY, Status::False, "Pending", "wait")],
+            Some(1),
+            &at(10),
+        );
         assert_eq!(first[0].last_transition_time, at(10));
 
-        let same_status = merge(&first, &[Cond::new(READY, Status::False, "Other", "still")], Some(2), &at(20));
-        assert_eq!(same_status[0].last_transition_time, at(10), "reason changes keep the time");
+        let same_status = merge(
+            &first,
+            &[Cond::new(READY, Status::False, "Other", "still")],
+            Some(2),
+            &at(20),
+        );
+        assert_eq!(
+            same_status[0].last_transition_time,
+            at(10),
+            "reason changes keep the time"
+        );
         assert_eq!(same_status[0].observed_generation, Some(2));
 
-        let flipped = merge(&same_status, &[Cond::new(READY, Status::True, "Ready", "ok")], Some(2), &at(30));
+        let flipped = merge(
+            &same_status,
+            &[Cond::new(READY, Status::True, "Ready", "ok")],
+            Some(2),
+            &at(30),
+        );
         assert_eq!(flipped[0].last_transition_time, at(30));
         assert!(is_true(&flipped, READY));
     }

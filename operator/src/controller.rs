@@ -25,13 +25,13 @@ use tracing::{debug, info, instrument, warn};
 use crate::apply::{self, ApplyError};
 use crate::conditions::{CONFIG_READY, Cond, SCHEMA_READY, Status};
 use crate::crd::{DeletionPolicy, FIELD_MANAGER, FINALIZER, HedgeGroup, HedgeGroupStatus};
+use crate::metrics::Metrics;
 use crate::observe::{self, ObserveError};
 use crate::plan::{self, Plan};
 use crate::provision::{ProvisionError, Provisioner};
 use crate::resources::MANAGED_BY_LABEL;
 use crate::spec::{self, SecretSource, ValidGroup};
 use crate::status::{self, Report};
-use crate::metrics::Metrics;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +69,16 @@ impl Error {
         match self {
             Error::MissingNamespace => "InvalidObject",
             Error::Observe(ObserveError::Kube { .. }) => "KubeReadFailed",
-            Error::Observe(ObserveError::Provision(e)) | Error::Apply(ApplyError::Provision(e)) | Error::Provision(e) => {
-                e.reason()
-            }
+            Error::Observe(ObserveError::Provision(e))
+            | Error::Apply(ApplyError::Provision(e))
+            | Error::Provision(e) => e.reason(),
             Error::Apply(ApplyError::Kube { .. }) => "KubeWriteFailed",
             Error::Status { .. } => "StatusWriteFailed",
             Error::Finalizer(f) => match f.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-                finalizer::Error::AddFinalizer(_) | finalizer::Error::RemoveFinalizer(_) => "FinalizerFailed",
+                finalizer::Error::AddFinalizer(_) | finalizer::Error::RemoveFinalizer(_) => {
+                    "FinalizerFailed"
+                }
                 _ => "FinalizerFailed",
             },
         }
@@ -143,7 +145,10 @@ impl Context {
     /// The delay before retrying `key` after one more failure: base × 2^(failures so far),
     /// capped at the maximum.
     pub fn next_backoff(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = failures.entry(key.to_owned()).or_insert(0);
         let delay = self
             .settings
@@ -201,7 +206,12 @@ async fn reconcile_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error
         Err(invalid) => {
             // A spec that cannot work: say so and wait for the user to change it.
             info!("invalid spec: {invalid}");
-            write_status(ctx, hg, &Report::invalid(old, hg.meta().generation, &invalid.to_string())).await?;
+            write_status(
+                ctx,
+                hg,
+                &Report::invalid(old, hg.meta().generation, &invalid.to_string()),
+            )
+            .await?;
             return Ok(Action::await_change());
         }
     };
@@ -232,7 +242,10 @@ async fn converge(v: &ValidGroup, ctx: &Context) -> Result<Report, Error> {
             }
             let version = outcome.version_after;
             let message = format!("the tables are at schema version {version}");
-            (Cond::new(SCHEMA_READY, Status::True, "Provisioned", message), Some(version))
+            (
+                Cond::new(SCHEMA_READY, Status::True, "Provisioned", message),
+                Some(version),
+            )
         }
         // Members of a newer hedge own these tables; this operator leaves them alone.
         Err(e @ ProvisionError::TooNew { found, .. }) => (
@@ -246,7 +259,11 @@ async fn converge(v: &ValidGroup, ctx: &Context) -> Result<Report, Error> {
     debug!(writes = plan.writes(), "planned");
     apply::apply(&ctx.client, v, &plan).await?;
     let group_state = if schema.status == Status::True {
-        Some(provisioner.group_state(&v.database, &v.tables, &v.group).await?)
+        Some(
+            provisioner
+                .group_state(&v.database, &v.tables, &v.group)
+                .await?,
+        )
     } else {
         None
     };
@@ -263,7 +280,12 @@ async fn converge(v: &ValidGroup, ctx: &Context) -> Result<Report, Error> {
 
 fn config_condition(v: &ValidGroup, plan: &Plan) -> Cond {
     if let Some(first) = plan.problems.first() {
-        let message = plan.problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let message = plan
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
         return Cond::new(CONFIG_READY, Status::False, first.reason(), message);
     }
     let secret = match &v.secret {
@@ -277,7 +299,12 @@ fn config_condition(v: &ValidGroup, plan: &Plan) -> Cond {
     if v.network_policy_enabled {
         parts.push(format!("NetworkPolicy {}", v.network_policy));
     }
-    Cond::new(CONFIG_READY, Status::True, "Applied", format!("in place: {}", parts.join(", ")))
+    Cond::new(
+        CONFIG_READY,
+        Status::True,
+        "Applied",
+        format!("in place: {}", parts.join(", ")),
+    )
 }
 
 /// The report of a reconcile that failed before it learned anything new: the old conditions.
@@ -308,15 +335,20 @@ async fn write_status(ctx: &Context, hg: &HedgeGroup, report: &Report) -> Result
         return Ok(());
     }
     let name = hg.name_any();
-    let api: Api<HedgeGroup> = Api::namespaced(ctx.client.clone(), &hg.namespace().unwrap_or_default());
+    let api: Api<HedgeGroup> =
+        Api::namespaced(ctx.client.clone(), &hg.namespace().unwrap_or_default());
     let body = json!({
         "apiVersion": HedgeGroup::api_version(&()),
         "kind": HedgeGroup::kind(&()),
         "status": new,
     });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::Status { name, source })?;
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::Status { name, source })?;
     for event in status::transitions(old, &new) {
         publish(ctx, hg, &event).await;
     }
@@ -337,7 +369,12 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error> 
             // Nothing can be cleaned up from a spec that names no usable database; keeping the
             // finalizer would only block the deletion forever.
             let note = format!("the deletion policy was not applied: {invalid}");
-            publish(ctx, hg, &cleanup_event(EventType::Warning, "CleanupSkipped", note)).await;
+            publish(
+                ctx,
+                hg,
+                &cleanup_event(EventType::Warning, "CleanupSkipped", note),
+            )
+            .await;
             return Ok(Action::await_change());
         }
     };
@@ -346,10 +383,15 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error> 
     let plan = plan::plan_cleanup(&v, &observed);
     apply::apply_cleanup(&ctx.client, provisioner, &v, &plan).await?;
     let note = match v.deletion_policy {
-        DeletionPolicy::Retain => format!("Retain: kept the rows of group {} and the tables", v.group),
+        DeletionPolicy::Retain => {
+            format!("Retain: kept the rows of group {} and the tables", v.group)
+        }
         DeletionPolicy::DeleteRows => format!("DeleteRows: deleted the rows of group {}", v.group),
         DeletionPolicy::DropTables if plan.drop_tables => {
-            format!("DropTables: deleted the rows of group {} and dropped the tables", v.group)
+            format!(
+                "DropTables: deleted the rows of group {} and dropped the tables",
+                v.group
+            )
         }
         DeletionPolicy::DropTables => format!(
             "DropTables: deleted the rows of group {}; kept the tables, still used by {}",
@@ -358,7 +400,12 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error> 
         ),
     };
     info!("{note}");
-    publish(ctx, hg, &cleanup_event(EventType::Normal, "CleanedUp", note)).await;
+    publish(
+        ctx,
+        hg,
+        &cleanup_event(EventType::Normal, "CleanedUp", note),
+    )
+    .await;
     Ok(Action::await_change())
 }
 
@@ -411,7 +458,11 @@ pub async fn run(
             Api::<ConfigMap>::namespaced(client.clone(), ns),
             Api::<Deployment>::namespaced(client, ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client),
+        ),
     };
     check_crd(&groups).await?;
     started();
@@ -422,17 +473,22 @@ pub async fn run(
             config_maps,
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")),
         )
-        .watches(deployments, watcher::Config::default(), move |d: Deployment| {
-            let (ns, name) = (d.namespace(), d.name_any());
-            store
-                .state()
-                .into_iter()
-                .filter(|hg| {
-                    hg.namespace() == ns && hg.spec.deployment.as_ref().is_some_and(|t| t.name == name)
-                })
-                .map(|hg| ObjectRef::from_obj(hg.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            deployments,
+            watcher::Config::default(),
+            move |d: Deployment| {
+                let (ns, name) = (d.namespace(), d.name_any());
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|hg| {
+                        hg.namespace() == ns
+                            && hg.spec.deployment.as_ref().is_some_and(|t| t.name == name)
+                    })
+                    .map(|hg| ObjectRef::from_obj(hg.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -470,7 +526,11 @@ mod tests {
     }
 
     /// Reconciles the group as stored in the fake, as the controller would after a watch event.
-    async fn reconcile_stored(ctx: &Arc<Context>, api: &ApiServerVerifier, name: &str) -> Result<Action, super::Error> {
+    async fn reconcile_stored(
+        ctx: &Arc<Context>,
+        api: &ApiServerVerifier,
+        name: &str,
+    ) -> Result<Action, super::Error> {
         reconcile(Arc::new(api.group(name)), ctx.clone()).await
     }
 
@@ -516,7 +576,10 @@ mod tests {
                 {"op": "add", "path": "/metadata/finalizers", "value": ["hedge.dev/cleanup"]},
             ]))
         );
-        assert!(spanner.state().calls.is_empty(), "no Spanner work before the finalizer is there");
+        assert!(
+            spanner.state().calls.is_empty(),
+            "no Spanner work before the finalizer is there"
+        );
     }
 
     #[tokio::test]
@@ -538,28 +601,45 @@ mod tests {
             ],
             "{writes:#?}"
         );
-        let cm = api.object("/api/v1/namespaces/testns/configmaps/orders-hedge-config").unwrap();
+        let cm = api
+            .object("/api/v1/namespaces/testns/configmaps/orders-hedge-config")
+            .unwrap();
         assert_eq!(cm["data"]["HEDGE_GROUP"], "testns/orders");
         assert_eq!(cm["data"]["HEDGE_SPANNER_DATABASE"], fixtures::DB);
         assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-orders");
-        let secret = api.object("/api/v1/namespaces/testns/secrets/orders-hedge-secret").unwrap();
+        let secret = api
+            .object("/api/v1/namespaces/testns/secrets/orders-hedge-secret")
+            .unwrap();
         assert!(secret["data"]["HEDGE_GROUP_SECRET"].is_string());
 
         let patch = &status_patches(&api)[0];
         assert_eq!(patch["apiVersion"], "hedge.dev/v1alpha1");
         let status = &patch["status"];
-        for (type_, value) in [(READY, "True"), (SCHEMA_READY, "True"), (CONFIG_READY, "True"), (DEGRADED, "False")] {
-            assert_eq!(condition(status, type_)["status"], value, "{type_}: {status:#}");
+        for (type_, value) in [
+            (READY, "True"),
+            (SCHEMA_READY, "True"),
+            (CONFIG_READY, "True"),
+            (DEGRADED, "False"),
+        ] {
+            assert_eq!(
+                condition(status, type_)["status"],
+                value,
+                "{type_}: {status:#}"
+            );
             assert_eq!(condition(status, type_)["observedGeneration"], 1);
         }
         assert_eq!(status["observedGeneration"], 1);
-        assert_eq!(status["schemaVersion"], hedge::store::schema::SCHEMA_VERSION);
+        assert_eq!(
+            status["schemaVersion"],
+            hedge::store::schema::SCHEMA_VERSION
+        );
         assert_eq!(status["members"], 0);
         assert_eq!(event_reasons(&api), ["SchemaProvisioned", "Ready"]);
     }
 
     #[tokio::test]
-    async fn a_new_leader_shows_in_the_status_with_one_event_and_an_unchanged_group_is_not_written() {
+    async fn a_new_leader_shows_in_the_status_with_one_event_and_an_unchanged_group_is_not_written()
+    {
         let (ctx, api, spanner) = fresh();
         api.seed(&HedgeGroup::test("orders").finalized());
         reconcile_stored(&ctx, &api, "orders").await.unwrap();
@@ -579,7 +659,11 @@ mod tests {
 
         api.clear_log();
         reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert_eq!(api.writes(), Vec::<String>::new(), "an unchanged group makes no writes");
+        assert_eq!(
+            api.writes(),
+            Vec::<String>::new(),
+            "an unchanged group makes no writes"
+        );
         let ready = api.group("orders").status.unwrap();
         assert!(conditions::is_true(&ready.conditions, READY));
     }
@@ -587,24 +671,42 @@ mod tests {
     #[tokio::test]
     async fn a_referenced_deployment_is_configured_once() {
         let (ctx, api, _) = fresh();
-        api.seed(&HedgeGroup::test("orders").finalized().with_deployment("web"));
+        api.seed(
+            &HedgeGroup::test("orders")
+                .finalized()
+                .with_deployment("web"),
+        );
         api.seed(&fixtures::deployment("web"));
 
         reconcile_stored(&ctx, &api, "orders").await.unwrap();
         let applied = api
             .exchanges()
             .into_iter()
-            .find(|e| e.method == Method::PATCH && e.uri.starts_with("/apis/apps/v1/namespaces/testns/deployments/web"))
+            .find(|e| {
+                e.method == Method::PATCH
+                    && e.uri
+                        .starts_with("/apis/apps/v1/namespaces/testns/deployments/web")
+            })
             .unwrap();
-        assert_eq!(applied.uri, format!("/apis/apps/v1/namespaces/testns/deployments/web{SSA}"));
+        assert_eq!(
+            applied.uri,
+            format!("/apis/apps/v1/namespaces/testns/deployments/web{SSA}")
+        );
         let container = &applied.body.unwrap()["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(container["name"], "app");
-        assert_eq!(container.get("image"), None, "only the operator's fields are applied");
+        assert_eq!(
+            container.get("image"),
+            None,
+            "only the operator's fields are applied"
+        );
         assert_eq!(
             container["envFrom"],
             json!([{"configMapRef": {"name": "orders-hedge-config"}}, {"secretRef": {"name": "orders-hedge-secret"}}])
         );
-        assert_eq!(container["env"][2], json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}));
+        assert_eq!(
+            container["env"][2],
+            json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+        );
         assert_eq!(container["ports"][0]["containerPort"], 7946);
 
         api.clear_log();
@@ -629,18 +731,30 @@ mod tests {
         assert_eq!(condition(status, DEGRADED)["reason"], "InvalidSpec");
         assert_eq!(condition(status, READY)["status"], "False");
         let message = condition(status, DEGRADED)["message"].as_str().unwrap();
-        assert!(message.contains("renew interval (1s) must be below lease (1s)"), "{message}");
+        assert!(
+            message.contains("renew interval (1s) must be below lease (1s)"),
+            "{message}"
+        );
         assert_eq!(event_reasons(&api), ["InvalidSpec"]);
 
         api.clear_log();
         reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert_eq!(api.writes(), Vec::<String>::new(), "the same invalid spec is not reported twice");
+        assert_eq!(
+            api.writes(),
+            Vec::<String>::new(),
+            "the same invalid spec is not reported twice"
+        );
     }
 
     #[tokio::test]
     async fn deletion_applies_the_policy_then_removes_the_finalizer() {
         let (ctx, api, spanner) = fresh();
-        spanner.update(|s| s.groups.insert("testns/orders".into()).then_some(()).unwrap_or(()));
+        spanner.update(|s| {
+            s.groups
+                .insert("testns/orders".into())
+                .then_some(())
+                .unwrap_or(())
+        });
         let mut hg = HedgeGroup::test("orders").finalized().deleting();
         hg.spec.deletion_policy = DeletionPolicy::DropTables;
         api.seed(&hg);
@@ -648,7 +762,10 @@ mod tests {
         let action = reconcile_stored(&ctx, &api, "orders").await.unwrap();
 
         assert_eq!(action, Action::await_change());
-        assert_eq!(spanner.state().calls, ["groups_in_tables", "delete_group_rows", "drop_schema"]);
+        assert_eq!(
+            spanner.state().calls,
+            ["groups_in_tables", "delete_group_rows", "drop_schema"]
+        );
         assert_eq!(event_reasons(&api), ["CleanedUp"]);
         let last = api.exchanges().pop().unwrap();
         assert_eq!(last.method, Method::PATCH);
@@ -680,7 +797,11 @@ mod tests {
             reconcile_stored(&ctx, &api, "orders").await.unwrap();
 
             let state = spanner.state();
-            assert_eq!(state.calls, ["groups_in_tables", "delete_group_rows"], "{other}");
+            assert_eq!(
+                state.calls,
+                ["groups_in_tables", "delete_group_rows"],
+                "{other}"
+            );
             assert!(!state.dropped);
             let note = api
                 .exchanges()
@@ -711,19 +832,33 @@ mod tests {
         let error = reconcile_stored(&ctx, &api, "orders").await.unwrap_err();
 
         assert_eq!(error.reason(), "KubeWriteFailed");
-        assert!(error.to_string().contains("failed to apply ConfigMap `orders-hedge-config`"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("failed to apply ConfigMap `orders-hedge-config`"),
+            "{error}"
+        );
         let status = &status_patches(&api)[0]["status"];
         assert_eq!(condition(status, DEGRADED)["reason"], "KubeWriteFailed");
         assert_eq!(event_reasons(&api), ["KubeWriteFailed"]);
 
         let hg = Arc::new(hg);
-        assert_eq!(error_policy(hg.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));
-        assert_eq!(error_policy(hg.clone(), &error, ctx.clone()), Action::requeue(Duration::from_secs(2)));
+        assert_eq!(
+            error_policy(hg.clone(), &error, ctx.clone()),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert_eq!(
+            error_policy(hg.clone(), &error, ctx.clone()),
+            Action::requeue(Duration::from_secs(2))
+        );
         assert_eq!(ctx.metrics.failures_with("KubeWriteFailed"), 2);
 
         // A success resets the backoff.
         reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert_eq!(error_policy(hg, &error, ctx.clone()), Action::requeue(Duration::from_secs(1)));
+        assert_eq!(
+            error_policy(hg, &error, ctx.clone()),
+            Action::requeue(Duration::from_secs(1))
+        );
     }
 
     #[tokio::test]
@@ -740,9 +875,17 @@ mod tests {
 
         let state = crate::server::State::new(registry);
         let text = state.metrics_text();
-        assert!(text.contains("hedge_operator_reconcile_failures_total{reason=\"SpannerUnavailable\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "hedge_operator_reconcile_failures_total{reason=\"SpannerUnavailable\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("hedge_operator_reconciles_total 1"), "{text}");
-        assert!(text.contains("hedge_operator_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("hedge_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
     }
 
     /// The measurement of issue #3: a new HedgeGroup reconciled to Ready on the mocked API with a
@@ -776,7 +919,9 @@ mod tests {
         let second = api.exchanges();
         let spanner_second = spanner.state();
 
-        let count = |xs: &[fixtures::Exchange], write: bool| xs.iter().filter(|e| e.is_write() == write).count();
+        let count = |xs: &[fixtures::Exchange], write: bool| {
+            xs.iter().filter(|e| e.is_write() == write).count()
+        };
         let report = json!({
             "measurement": "operator_reconcile_mocked",
             "new_group_to_ready": {

@@ -48,9 +48,12 @@ pub const REGENERATE_COMMAND: &str = "cargo run -p hedge-operator -- crd > crds/
 pub struct HedgeGroupSpec {
     /// The Spanner database, `projects/<project>/instances/<instance>/databases/<database>`.
     /// Immutable: members in two databases would elect two leaders.
-    #[schemars(length(max = 220), regex(
-        pattern = r"^projects/[A-Za-z0-9._:-]{1,64}/instances/[A-Za-z0-9._:-]{1,64}/databases/[A-Za-z0-9._:-]{1,64}$"
-    ))]
+    #[schemars(
+        length(max = 220),
+        regex(
+            pattern = r"^projects/[A-Za-z0-9._:-]{1,64}/instances/[A-Za-z0-9._:-]{1,64}/databases/[A-Za-z0-9._:-]{1,64}$"
+        )
+    )]
     #[x_kube(validation = Rule::new("self == oldSelf").message(
         "database is immutable (members in two databases would elect two leaders): create a new HedgeGroup"
     ))]
@@ -64,8 +67,8 @@ pub struct HedgeGroupSpec {
     ))]
     pub tables: TablesSpec,
 
-    /// Election timings; unset values are derived from the lease (renew and poll every lease/5,
-    /// safety margin lease/10 + 200 ms).
+    /// Election timings; unset values are derived from the lease the way the hedge client's
+    /// defaults are.
     #[serde(default)]
     pub election: ElectionSpec,
 
@@ -188,16 +191,16 @@ pub struct ElectionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub lease_ms: Option<i64>,
-    /// How often the leader renews (default lease/5).
+    /// How often the leader renews (default: derived from the lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub renew_interval_ms: Option<i64>,
-    /// How often a candidate tries to acquire (default lease/5).
+    /// How often a candidate tries to acquire (default: derived from the lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub poll_interval_ms: Option<i64>,
-    /// How long before the lease runs out the leader steps down when renewals fail (default
-    /// lease/10 + 200 ms, at most lease/4).
+    /// How long before the lease runs out the leader steps down when renewals fail (default:
+    /// derived from the lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub safety_margin_ms: Option<i64>,

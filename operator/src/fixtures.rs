@@ -57,9 +57,10 @@ impl HedgeGroup {
 
     /// Marked for deletion.
     pub fn deleting(mut self) -> Self {
-        self.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-        ));
+        self.meta_mut().deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
         self
     }
 
@@ -166,7 +167,9 @@ fn merge(target: &mut Value, patch: &Value) {
                 merge(t.entry(k.clone()).or_insert(Value::Null), v);
             }
         }
-        (Value::Array(t), Value::Array(p)) if p.iter().all(|i| i.get("name").is_some()) && !p.is_empty() => {
+        (Value::Array(t), Value::Array(p))
+            if p.iter().all(|i| i.get("name").is_some()) && !p.is_empty() =>
+        {
             for item in p {
                 match t.iter_mut().find(|x| x.get("name") == item.get("name")) {
                     Some(existing) => merge(existing, item),
@@ -182,7 +185,13 @@ fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
     for op in ops.as_array().into_iter().flatten() {
         let path = op["path"].as_str().unwrap_or_default();
         let (parent, last) = path.rsplit_once('/').unwrap_or(("", path));
-        let pointer = |p: &str| if p.is_empty() { String::new() } else { p.to_owned() };
+        let pointer = |p: &str| {
+            if p.is_empty() {
+                String::new()
+            } else {
+                p.to_owned()
+            }
+        };
         match op["op"].as_str() {
             Some("test") => {
                 let found = target.pointer(path).cloned().unwrap_or(Value::Null);
@@ -228,7 +237,13 @@ fn query_param(query: &str, key: &str) -> Option<String> {
 }
 
 impl ServerState {
-    fn answer(&mut self, method: &Method, uri: &http::Uri, content_type: &str, body: Option<&Value>) -> (u16, Value) {
+    fn answer(
+        &mut self,
+        method: &Method,
+        uri: &http::Uri,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let path = uri.path().to_owned();
         let query = uri.query().unwrap_or_default();
         if let Some(i) = self
@@ -244,15 +259,26 @@ impl ServerState {
             None => (path.clone(), false),
         };
         match *method {
-            Method::GET if self.objects.contains_key(&object_path) => (200, self.objects[&object_path].clone()),
+            Method::GET if self.objects.contains_key(&object_path) => {
+                (200, self.objects[&object_path].clone())
+            }
             Method::GET if self.is_collection(&path) => (200, self.list(&path)),
-            Method::GET => (404, status_json(404, "NotFound", &format!("{path} not found"))),
+            Method::GET => (
+                404,
+                status_json(404, "NotFound", &format!("{path} not found")),
+            ),
             Method::POST => {
                 let mut obj = body.cloned().unwrap_or(Value::Null);
-                let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 let key = format!("{path}/{name}");
                 if self.objects.contains_key(&key) {
-                    return (409, status_json(409, "AlreadyExists", &format!("{key} already exists")));
+                    return (
+                        409,
+                        status_json(409, "AlreadyExists", &format!("{key} already exists")),
+                    );
                 }
                 self.stamp(&mut obj, query_param(query, "fieldManager"), "Update");
                 self.objects.insert(key, obj.clone());
@@ -260,7 +286,11 @@ impl ServerState {
             }
             Method::PATCH => {
                 let exists = self.objects.contains_key(&object_path);
-                let mut obj = self.objects.get(&object_path).cloned().unwrap_or(Value::Null);
+                let mut obj = self
+                    .objects
+                    .get(&object_path)
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let patch = body.cloned().unwrap_or(Value::Null);
                 if content_type.starts_with("application/json-patch") {
                     if !exists {
@@ -277,7 +307,11 @@ impl ServerState {
                 } else {
                     merge(&mut obj, &patch);
                 }
-                let operation = if content_type.starts_with("application/apply-patch") { "Apply" } else { "Update" };
+                let operation = if content_type.starts_with("application/apply-patch") {
+                    "Apply"
+                } else {
+                    "Update"
+                };
                 self.stamp(&mut obj, query_param(query, "fieldManager"), operation);
                 self.objects.insert(object_path, obj.clone());
                 (200, obj)
@@ -299,7 +333,10 @@ impl ServerState {
         meta["resourceVersion"] = json!(self.next_uid.to_string());
         if let Some(manager) = manager {
             let entry = json!({"manager": manager, "operation": operation});
-            let fields = meta["managedFields"].as_array().cloned().unwrap_or_default();
+            let fields = meta["managedFields"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if !fields.contains(&entry) {
                 let mut fields = fields;
                 fields.push(entry);
@@ -342,8 +379,11 @@ impl ApiServerVerifier {
                     .unwrap_or_default()
                     .to_owned();
                 let (status, answer) = {
-                    let mut s = served.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let (status, answer) = s.answer(&parts.method, &parts.uri, &content_type, json.as_ref());
+                    let mut s = served
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let (status, answer) =
+                        s.answer(&parts.method, &parts.uri, &content_type, json.as_ref());
                     s.log.push(Exchange {
                         method: parts.method.clone(),
                         uri: parts.uri.to_string(),
@@ -353,7 +393,9 @@ impl ApiServerVerifier {
                     (status, answer)
                 };
                 let response = Response::builder()
-                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+                    .status(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    )
                     .body(Body::from(serde_json::to_vec(&answer).unwrap_or_default()))
                     .unwrap_or_else(|_| Response::new(Body::empty()));
                 send.send_response(response);
@@ -363,7 +405,10 @@ impl ApiServerVerifier {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut ServerState) -> T) -> T {
-        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Stores an object as if it had been created.
@@ -455,16 +500,28 @@ impl FakeProvisioner {
 
     /// The fake's state now.
     pub fn state(&self) -> FakeSpanner {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Changes the fake's state.
     pub fn update(&self, f: impl FnOnce(&mut FakeSpanner)) {
-        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
     }
 
-    fn call(&self, name: &'static str) -> Result<std::sync::MutexGuard<'_, FakeSpanner>, ProvisionError> {
-        let mut s = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn call(
+        &self,
+        name: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, FakeSpanner>, ProvisionError> {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.calls.push(name);
         if std::mem::take(&mut s.fail_next) {
             return Err(ProvisionError::Unavailable {
@@ -487,7 +544,11 @@ pub fn leader(id: &str, token: u64) -> Leader {
 
 #[async_trait]
 impl Provisioner for FakeProvisioner {
-    async fn ensure_schema(&self, _db: &DatabasePath, tables: &TableNames) -> Result<SchemaOutcome, ProvisionError> {
+    async fn ensure_schema(
+        &self,
+        _db: &DatabasePath,
+        tables: &TableNames,
+    ) -> Result<SchemaOutcome, ProvisionError> {
         let mut s = self.call("ensure_schema")?;
         let before = s.version;
         if let Some(found) = before.filter(|v| *v > SCHEMA_VERSION) {
@@ -511,7 +572,12 @@ impl Provisioner for FakeProvisioner {
         })
     }
 
-    async fn group_state(&self, _db: &DatabasePath, _t: &TableNames, _g: &str) -> Result<GroupState, ProvisionError> {
+    async fn group_state(
+        &self,
+        _db: &DatabasePath,
+        _t: &TableNames,
+        _g: &str,
+    ) -> Result<GroupState, ProvisionError> {
         let s = self.call("group_state")?;
         Ok(GroupState {
             leader: s.leader.clone(),
@@ -519,7 +585,12 @@ impl Provisioner for FakeProvisioner {
         })
     }
 
-    async fn delete_group_rows(&self, _db: &DatabasePath, _t: &TableNames, group: &str) -> Result<(), ProvisionError> {
+    async fn delete_group_rows(
+        &self,
+        _db: &DatabasePath,
+        _t: &TableNames,
+        group: &str,
+    ) -> Result<(), ProvisionError> {
         let mut s = self.call("delete_group_rows")?;
         s.groups.remove(group);
         s.leader = None;

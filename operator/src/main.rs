@@ -34,7 +34,10 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Run) | None => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -75,7 +78,9 @@ async fn run(args: RunArgs) -> ExitCode {
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
-            error!("cannot build a Kubernetes client (in a pod: its service account; outside: KUBECONFIG): {e}");
+            error!(
+                "cannot build a Kubernetes client (in a pod: its service account; outside: KUBECONFIG): {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -95,11 +100,19 @@ async fn run(args: RunArgs) -> ExitCode {
         },
     ));
 
-    info!(namespace = args.namespace.as_deref().unwrap_or("(all)"), "starting the controller");
+    info!(
+        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        "starting the controller"
+    );
     let ready = state.clone();
-    let controller = controller::run(ctx, args.namespace.as_deref(), shutdown.clone(), move || {
-        ready.set_ready(true);
-    });
+    let controller = controller::run(
+        ctx,
+        args.namespace.as_deref(),
+        shutdown.clone(),
+        move || {
+            ready.set_ready(true);
+        },
+    );
     let code = match controller.await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ RunError::CrdMissing) => {
@@ -124,15 +137,16 @@ async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                error!("cannot listen for SIGTERM: {e}");
-                let _ = ctrl_c.await;
-                token.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -35,7 +35,12 @@ pub enum ObserveError {
     Provision(#[from] ProvisionError),
 }
 
-async fn get<K>(client: &Client, namespace: &str, kind: &'static str, name: &str) -> Result<Option<K>, ObserveError>
+async fn get<K>(
+    client: &Client,
+    namespace: &str,
+    kind: &'static str,
+    name: &str,
+) -> Result<Option<K>, ObserveError>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -99,10 +104,13 @@ pub async fn observe_cleanup(
             })?;
         let mut known = BTreeSet::from([v.group.clone()]);
         for other in all.items {
-            let Some(ns) = other.namespace() else { continue };
+            let Some(ns) = other.namespace() else {
+                continue;
+            };
             let name = other.name_any();
             let group = spec::group_name(&ns, &name);
-            let same_tables = other.spec.database.parse::<DatabasePath>().ok().as_ref() == Some(&v.database)
+            let same_tables = other.spec.database.parse::<DatabasePath>().ok().as_ref()
+                == Some(&v.database)
                 && other.spec.tables.locks == v.tables.locks
                 && other.spec.tables.members == v.tables.members
                 && other.spec.tables.schema == v.tables.schema;
@@ -116,8 +124,11 @@ pub async fn observe_cleanup(
         // Groups with rows that no HedgeGroup here accounts for: another cluster, a program
         // outside Kubernetes, or a deleted HedgeGroup whose rows were retained.
         match provisioner.groups_in_tables(&v.database, &v.tables).await? {
-            Some(groups) => other_users.extend(groups.difference(&known).map(|g| format!("group {g}"))),
-            None => other_users.push("groups that cannot be listed (the provisioner cannot read them)".into()),
+            Some(groups) => {
+                other_users.extend(groups.difference(&known).map(|g| format!("group {g}")))
+            }
+            None => other_users
+                .push("groups that cannot be listed (the provisioner cannot read them)".into()),
         }
     }
     Ok(CleanupObserved {

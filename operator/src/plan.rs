@@ -58,7 +58,9 @@ impl ConfigProblem {
     pub fn reason(&self) -> &'static str {
         match self {
             ConfigProblem::DeploymentNotFound(_) => "DeploymentNotFound",
-            ConfigProblem::Deployment(DeploymentProblem::ContainerNotFound { .. }) => "ContainerNotFound",
+            ConfigProblem::Deployment(DeploymentProblem::ContainerNotFound { .. }) => {
+                "ContainerNotFound"
+            }
             ConfigProblem::Deployment(DeploymentProblem::NoContainers(_)) => "NoContainers",
             ConfigProblem::SecretNotFound(_) => "SecretNotFound",
             ConfigProblem::SecretUnusable(_) => "SecretUnusable",
@@ -100,7 +102,9 @@ pub fn plan(v: &ValidGroup, o: &Observed) -> Plan {
     let mut create_secret = false;
     match (&v.secret, &o.secret) {
         (SecretSource::Generated(_), None) => create_secret = true,
-        (SecretSource::Existing(name), None) => problems.push(ConfigProblem::SecretNotFound(name.clone())),
+        (SecretSource::Existing(name), None) => {
+            problems.push(ConfigProblem::SecretNotFound(name.clone()))
+        }
         (source, Some(secret)) if !resources::secret_is_usable(secret) => {
             problems.push(ConfigProblem::SecretUnusable(source.name().to_owned()));
         }
@@ -131,9 +135,10 @@ pub fn plan(v: &ValidGroup, o: &Observed) -> Plan {
     }
 
     let network_policy = if v.network_policy_enabled {
-        let members = v.selector.clone().or_else(|| {
-            o.deployment.as_ref().map(|d| d.spec.selector.clone())
-        });
+        let members = v
+            .selector
+            .clone()
+            .or_else(|| o.deployment.as_ref().map(|d| d.spec.selector.clone()));
         match members {
             // Without a selector the Deployment is missing, which is already reported.
             None => NetworkPolicyStep::Keep,
@@ -173,7 +178,10 @@ fn same<T: serde::Serialize>(observed: Option<&T>, desired: &T) -> bool {
 }
 
 fn owned_by(meta: &ObjectMeta, v: &ValidGroup) -> bool {
-    meta.owner_references.iter().flatten().any(|r| r.uid == v.owner.uid)
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.uid == v.owner.uid)
 }
 
 /// What the clean-up saw.

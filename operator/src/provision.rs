@@ -88,7 +88,11 @@ pub trait Provisioner: Send + Sync + 'static {
     /// Creates the missing tables and upgrades an older schema; reads and changes nothing else
     /// when the schema is current (it compares the database's tables with the client crate's
     /// migrations first), so it runs on every reconcile and also repairs dropped tables.
-    async fn ensure_schema(&self, db: &DatabasePath, tables: &TableNames) -> Result<SchemaOutcome, ProvisionError>;
+    async fn ensure_schema(
+        &self,
+        db: &DatabasePath,
+        tables: &TableNames,
+    ) -> Result<SchemaOutcome, ProvisionError>;
 
     /// The leader and the member count of `group`. Read-only.
     async fn group_state(
@@ -99,8 +103,12 @@ pub trait Provisioner: Send + Sync + 'static {
     ) -> Result<GroupState, ProvisionError>;
 
     /// Deletes every row of `group`; succeeds when the tables do not exist.
-    async fn delete_group_rows(&self, db: &DatabasePath, tables: &TableNames, group: &str)
-    -> Result<(), ProvisionError>;
+    async fn delete_group_rows(
+        &self,
+        db: &DatabasePath,
+        tables: &TableNames,
+        group: &str,
+    ) -> Result<(), ProvisionError>;
 
     /// The groups that have rows in `tables` (empty when the tables do not exist), or `None`
     /// when this provisioner cannot list them (then no table is ever dropped). Read-only.
@@ -111,5 +119,9 @@ pub trait Provisioner: Send + Sync + 'static {
     ) -> Result<Option<BTreeSet<String>>, ProvisionError>;
 
     /// Drops `tables`; succeeds when they do not exist.
-    async fn drop_schema(&self, db: &DatabasePath, tables: &TableNames) -> Result<(), ProvisionError>;
+    async fn drop_schema(
+        &self,
+        db: &DatabasePath,
+        tables: &TableNames,
+    ) -> Result<(), ProvisionError>;
 }

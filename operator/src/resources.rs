@@ -8,7 +8,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvFromSource, Secret};
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -74,11 +75,13 @@ pub fn new_secret_value() -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            // Writing to a String cannot fail.
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Whether a Secret holds a usable group secret.
@@ -182,10 +185,20 @@ fn containers(deployment: &Deployment) -> &[Container] {
 }
 
 /// The containers the operator configures: those named in the spec, or all of them.
-pub fn target_containers(v: &ValidGroup, deployment: &Deployment) -> Result<Vec<String>, DeploymentProblem> {
+pub fn target_containers(
+    v: &ValidGroup,
+    deployment: &Deployment,
+) -> Result<Vec<String>, DeploymentProblem> {
     let name = deployment.metadata.name.clone().unwrap_or_default();
-    let present: Vec<String> = containers(deployment).iter().map(|c| c.name.clone()).collect();
-    let wanted = v.deployment.as_ref().map(|d| d.containers.clone()).unwrap_or_default();
+    let present: Vec<String> = containers(deployment)
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let wanted = v
+        .deployment
+        .as_ref()
+        .map(|d| d.containers.clone())
+        .unwrap_or_default();
     if wanted.is_empty() {
         if present.is_empty() {
             return Err(DeploymentProblem::NoContainers(name));
@@ -282,8 +295,14 @@ pub fn deployment_apply(v: &ValidGroup, deployment: &Deployment, targets: &[Stri
 }
 
 fn refers_to_current(v: &ValidGroup, entry: &EnvFromSource) -> bool {
-    entry.config_map_ref.as_ref().is_some_and(|r| r.name == v.config_map)
-        || entry.secret_ref.as_ref().is_some_and(|r| r.name == v.secret.name())
+    entry
+        .config_map_ref
+        .as_ref()
+        .is_some_and(|r| r.name == v.config_map)
+        || entry
+            .secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == v.secret.name())
 }
 
 /// The apply body that gives back the operator's fields of a Deployment on deletion: the same
@@ -316,10 +335,9 @@ pub fn deployment_release(v: &ValidGroup, deployment: &Deployment) -> Value {
 
 /// Whether an object was last written by the operator's server-side apply.
 pub fn managed_by_operator(meta: &ObjectMeta) -> bool {
-    meta.managed_fields
-        .iter()
-        .flatten()
-        .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply"))
+    meta.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply")
+    })
 }
 
 /// Whether `observed` already holds everything in `desired`: every key of a desired object is in
@@ -328,10 +346,12 @@ pub fn managed_by_operator(meta: &ObjectMeta) -> bool {
 /// an unchanged group compares equal and is not written again.
 pub fn includes(observed: &Value, desired: &Value) -> bool {
     match (observed, desired) {
-        (Value::Object(o), Value::Object(d)) => d
-            .iter()
-            .all(|(k, dv)| o.get(k).is_some_and(|ov| includes(ov, dv)) || (dv.is_null() && !o.contains_key(k))),
-        (Value::Array(o), Value::Array(d)) => d.iter().all(|dv| o.iter().any(|ov| includes(ov, dv))),
+        (Value::Object(o), Value::Object(d)) => d.iter().all(|(k, dv)| {
+            o.get(k).is_some_and(|ov| includes(ov, dv)) || (dv.is_null() && !o.contains_key(k))
+        }),
+        (Value::Array(o), Value::Array(d)) => {
+            d.iter().all(|dv| o.iter().any(|ov| includes(ov, dv)))
+        }
         (o, d) => o == d,
     }
 }

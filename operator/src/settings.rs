@@ -33,10 +33,19 @@ pub enum Command {
 #[derive(Debug, Args, Clone, PartialEq, Eq)]
 pub struct RunArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
-    #[arg(long, env = "HEDGE_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "HEDGE_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_addr: SocketAddr,
     /// Log format.
-    #[arg(long, env = "HEDGE_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "HEDGE_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,hedge_operator=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
@@ -67,9 +76,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: use a number and a unit, e.g. 500ms, 30s, 5m, 1h"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("{s:?} is not a duration: use a number and a unit, e.g. 500ms, 30s, 5m, 1h")
+    })?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -95,7 +104,14 @@ mod tests {
     fn the_crd_subcommand_needs_no_settings() {
         let cli = Cli::try_parse_from(["hedge-operator", "crd"]).unwrap();
         assert_eq!(cli.command, Some(Command::Crd));
-        let cli = Cli::try_parse_from(["hedge-operator", "--log-format", "json", "--resync-interval", "10s"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "hedge-operator",
+            "--log-format",
+            "json",
+            "--resync-interval",
+            "10s",
+        ])
+        .unwrap();
         assert_eq!(cli.command, None);
         assert_eq!(cli.run.log_format, LogFormat::Json);
         assert_eq!(cli.run.resync_interval, Duration::from_secs(10));

@@ -129,12 +129,20 @@ pub fn group_name(namespace: &str, name: &str) -> String {
 
 /// Checks every rule of the spec and resolves defaults.
 pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
-    let name = hg.metadata.name.clone().ok_or(InvalidSpec::MissingMetadata("name"))?;
-    let namespace = hg.namespace().ok_or(InvalidSpec::MissingMetadata("namespace"))?;
+    let name = hg
+        .metadata
+        .name
+        .clone()
+        .ok_or(InvalidSpec::MissingMetadata("name"))?;
+    let namespace = hg
+        .namespace()
+        .ok_or(InvalidSpec::MissingMetadata("namespace"))?;
     if hg.metadata.uid.is_none() {
         return Err(InvalidSpec::MissingMetadata("uid"));
     }
-    let owner = hg.controller_owner_ref(&()).ok_or(InvalidSpec::MissingMetadata("uid"))?;
+    let owner = hg
+        .controller_owner_ref(&())
+        .ok_or(InvalidSpec::MissingMetadata("uid"))?;
     let spec = &hg.spec;
 
     let database: DatabasePath = spec.database.parse()?;
@@ -164,7 +172,9 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
     let config_map = object_name(&name, CONFIG_MAP_SUFFIX)?;
     let network_policy = object_name(&name, NETWORK_POLICY_SUFFIX)?;
     let secret = match &spec.group_secret.existing_secret {
-        Some(existing) if existing.is_empty() => return Err(InvalidSpec::Empty("groupSecret.existingSecret")),
+        Some(existing) if existing.is_empty() => {
+            return Err(InvalidSpec::Empty("groupSecret.existingSecret"));
+        }
         Some(existing) => SecretSource::Existing(existing.clone()),
         None => SecretSource::Generated(object_name(&name, SECRET_SUFFIX)?),
     };
@@ -228,8 +238,10 @@ pub fn election_timings(spec: &ElectionSpec) -> Result<ElectionTimings, InvalidS
         lease: base.lease,
         renew_interval: millis("election.renewIntervalMs", spec.renew_interval_ms)?
             .unwrap_or(base.renew_interval),
-        poll_interval: millis("election.pollIntervalMs", spec.poll_interval_ms)?.unwrap_or(base.poll_interval),
-        safety_margin: millis("election.safetyMarginMs", spec.safety_margin_ms)?.unwrap_or(base.safety_margin),
+        poll_interval: millis("election.pollIntervalMs", spec.poll_interval_ms)?
+            .unwrap_or(base.poll_interval),
+        safety_margin: millis("election.safetyMarginMs", spec.safety_margin_ms)?
+            .unwrap_or(base.safety_margin),
     };
     timings.validate()?;
     Ok(timings)

@@ -64,7 +64,12 @@ pub fn carried(old: Option<&HedgeGroupStatus>, type_: &'static str) -> Option<Co
         "False" => Status::False,
         _ => Status::Unknown,
     };
-    Some(Cond::new(type_, status, c.reason.clone(), c.message.clone()))
+    Some(Cond::new(
+        type_,
+        status,
+        c.reason.clone(),
+        c.message.clone(),
+    ))
 }
 
 /// The `Ready` condition that follows from the others.
@@ -77,7 +82,12 @@ fn ready(r: &Report) -> Cond {
             return Cond::new(READY, Status::False, c.reason.clone(), c.message.clone());
         }
     }
-    Cond::new(READY, Status::True, "Ready", "the schema and the members' configuration are in place")
+    Cond::new(
+        READY,
+        Status::True,
+        "Ready",
+        "the schema and the members' configuration are in place",
+    )
 }
 
 /// A timestamp as the API server stores it: whole seconds. Comparing anything finer with what was
@@ -98,8 +108,13 @@ pub fn desired(old: Option<&HedgeGroupStatus>, r: &Report, now: &Time) -> HedgeG
     let mut status = HedgeGroupStatus {
         conditions: conditions::merge(old_conditions, &new, r.generation, now),
         observed_generation: r.generation,
-        group: r.group.clone().or_else(|| old.and_then(|s| s.group.clone())),
-        schema_version: r.schema_version.or_else(|| old.and_then(|s| s.schema_version)),
+        group: r
+            .group
+            .clone()
+            .or_else(|| old.and_then(|s| s.group.clone())),
+        schema_version: r
+            .schema_version
+            .or_else(|| old.and_then(|s| s.schema_version)),
         ..HedgeGroupStatus::default()
     };
     match &r.group_state {
@@ -141,7 +156,12 @@ pub fn transitions(old: Option<&HedgeGroupStatus>, new: &HedgeGroupStatus) -> Ve
     if let Some(now) = conditions::find(&new.conditions, DEGRADED).filter(|c| c.status == "True")
         && was_degraded.is_none_or(|w| w.reason != now.reason)
     {
-        events.push(event(EventType::Warning, &now.reason, "Reconcile", now.message.clone()));
+        events.push(event(
+            EventType::Warning,
+            &now.reason,
+            "Reconcile",
+            now.message.clone(),
+        ));
     }
 
     if let Some(v) = new.schema_version {
@@ -175,7 +195,12 @@ pub fn transitions(old: Option<&HedgeGroupStatus>, new: &HedgeGroupStatus) -> Ve
         && !is_ready
         && let Some(c) = conditions::find(&new.conditions, READY)
     {
-        events.push(event(EventType::Warning, "NotReady", "Reconcile", format!("{}: {}", c.reason, c.message)));
+        events.push(event(
+            EventType::Warning,
+            "NotReady",
+            "Reconcile",
+            format!("{}: {}", c.reason, c.message),
+        ));
     }
 
     let old_term = old.map(|s| (s.leader.clone(), s.token));

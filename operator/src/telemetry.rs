@@ -37,7 +37,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
     let builder = tracing_subscriber::fmt().with_env_filter(env_filter);
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
     result.map_err(|e| TelemetryError::AlreadySet(e.to_string()))
 }

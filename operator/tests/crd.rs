@@ -38,7 +38,12 @@ fn the_crd_has_its_names_and_printer_columns() {
         .map(|c| c.name.as_str())
         .collect();
     assert_eq!(columns, ["Leader", "Token", "Members", "Ready", "Age"]);
-    assert!(version.subresources.as_ref().is_some_and(|s| s.status.is_some()));
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .is_some_and(|s| s.status.is_some())
+    );
 }
 
 /// Every HedgeGroup document in the YAML files of `dir`.
@@ -67,14 +72,19 @@ fn groups_in(dir: &Path) -> Vec<(PathBuf, HedgeGroup)> {
 #[test]
 fn every_example_hedge_group_is_valid() {
     let mut groups = groups_in(&repo().join("crds/examples"));
-    assert!(groups.len() >= 2, "crds/examples has the minimal and the full example");
+    assert!(
+        groups.len() >= 2,
+        "crds/examples has the minimal and the full example"
+    );
     let users = repo().join("examples");
     if users.is_dir() {
         groups.extend(groups_in(&users));
     }
     for (file, mut hg) in groups {
         // What the API server adds before the operator sees the object.
-        hg.metadata.namespace.get_or_insert_with(|| "default".into());
+        hg.metadata
+            .namespace
+            .get_or_insert_with(|| "default".into());
         hg.metadata.uid = Some("uid".into());
         if let Err(e) = spec::validate(&hg) {
             panic!("{}: {e}", file.display());

@@ -16,18 +16,22 @@ fn fixture(name: &str) -> (ValidGroup, Observed) {
     let mut observed = Observed::default();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let value: Value = Value::deserialize(doc).unwrap();
-        let parse = |v: Value| serde_json::from_value(v).unwrap_or_else(|e| panic!("{path}: {e}"));
-        match value["kind"].as_str() {
-            Some("HedgeGroup") => group = Some(parse::<HedgeGroup>(value)),
-            Some("ConfigMap") => observed.config_map = Some(parse(value)),
-            Some("Secret") => observed.secret = Some(parse(value)),
-            Some("Deployment") => observed.deployment = Some(parse(value)),
-            Some("NetworkPolicy") => observed.network_policy = Some(parse(value)),
+        let kind = value["kind"].as_str().map(str::to_owned);
+        match kind.as_deref() {
+            Some("HedgeGroup") => group = Some(parse(&path, value)),
+            Some("ConfigMap") => observed.config_map = Some(parse(&path, value)),
+            Some("Secret") => observed.secret = Some(parse(&path, value)),
+            Some("Deployment") => observed.deployment = Some(parse(&path, value)),
+            Some("NetworkPolicy") => observed.network_policy = Some(parse(&path, value)),
             other => panic!("{path}: unexpected kind {other:?}"),
         }
     }
-    let group = group.unwrap_or_else(|| panic!("{path} has no HedgeGroup"));
+    let group: HedgeGroup = group.unwrap_or_else(|| panic!("{path} has no HedgeGroup"));
     (spec::validate(&group).unwrap(), observed)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &str, v: Value) -> T {
+    serde_json::from_value(v).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn to_json(v: &impl serde::Serialize) -> Value {
@@ -47,11 +51,14 @@ fn a_new_group_gets_a_config_map_and_a_generated_secret() {
 
     let cm = to_json(plan.config_map.as_ref().unwrap());
     assert_eq!(cm["metadata"]["name"], "orders-hedge-config");
-    assert_eq!(cm["metadata"]["labels"]["app.kubernetes.io/managed-by"], "hedge-operator");
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "hedge-operator"
+    );
     assert_eq!(
         cm["metadata"]["ownerReferences"],
         json!([{"apiVersion": "hedge.dev/v1alpha1", "kind": "HedgeGroup", "name": "orders", "uid": "u-1",
-                "controller": true, "blockOwnerDeletion": true}])
+                "controller": true}])
     );
     // Exactly the variables the members read, rendered by the client crate itself.
     let data = cm["data"].as_object().unwrap();
@@ -60,10 +67,14 @@ fn a_new_group_gets_a_config_map_and_a_generated_secret() {
     keys.sort_unstable();
     expected.sort_unstable();
     assert_eq!(keys, expected);
-    let vars: std::collections::BTreeMap<String, String> = serde_json::from_value(cm["data"].clone()).unwrap();
+    let vars: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(cm["data"].clone()).unwrap();
     let config = hedge::Config::from_vars(|k| vars.get(k).cloned()).unwrap();
     assert_eq!(config.group, "shop/orders");
-    assert_eq!(config.database.unwrap().to_string(), "projects/p/instances/i/databases/d");
+    assert_eq!(
+        config.database.unwrap().to_string(),
+        "projects/p/instances/i/databases/d"
+    );
 }
 
 #[test]
@@ -82,10 +93,12 @@ fn changed_timings_rewrite_only_the_config_map() {
     assert!(!plan.create_secret, "the Secret is never rewritten");
     let data = to_json(plan.config_map.as_ref().unwrap())["data"].clone();
     // Unset timings derive from the lease the way the client's defaults do.
+    let derived = hedge::ElectionTimings::from_lease(std::time::Duration::from_secs(3));
+    let ms = |d: std::time::Duration| d.as_millis().to_string();
     assert_eq!(data["HEDGE_LEASE_MS"], "3000");
-    assert_eq!(data["HEDGE_RENEW_INTERVAL_MS"], "600");
-    assert_eq!(data["HEDGE_POLL_INTERVAL_MS"], "600");
-    assert_eq!(data["HEDGE_SAFETY_MARGIN_MS"], "500");
+    assert_eq!(data["HEDGE_RENEW_INTERVAL_MS"], ms(derived.renew_interval));
+    assert_eq!(data["HEDGE_POLL_INTERVAL_MS"], ms(derived.poll_interval));
+    assert_eq!(data["HEDGE_SAFETY_MARGIN_MS"], ms(derived.safety_margin));
 }
 
 #[test]
@@ -96,12 +109,29 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
     let (name, body) = plan.deployment.clone().unwrap();
     assert_eq!(name, "orders-api");
     assert_eq!(body["apiVersion"], "apps/v1");
-    assert_eq!(body["spec"].as_object().unwrap().len(), 1, "only the pod template: {body:#}");
+    assert_eq!(
+        body["spec"].as_object().unwrap().len(),
+        1,
+        "only the pod template: {body:#}"
+    );
     let template = &body["spec"]["template"];
-    assert_eq!(template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].as_str().unwrap().len(), 16);
+    assert_eq!(
+        template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+            .as_str()
+            .unwrap()
+            .len(),
+        16
+    );
     let containers = template["spec"]["containers"].as_array().unwrap();
-    let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(names, ["app", "worker"], "the sidecar is not named and stays untouched");
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["app", "worker"],
+        "the sidecar is not named and stays untouched"
+    );
 
     let app = &containers[0];
     assert_eq!(app.get("image"), None);
@@ -125,8 +155,19 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
             )
         })
         .collect();
-    assert_eq!(env, [("POD_NAME", "metadata.name"), ("POD_UID", "metadata.uid"), ("POD_IP", "status.podIP")]);
-    assert_eq!(app.get("ports"), None, "7946 is already declared there under another name");
+    assert_eq!(
+        env,
+        [
+            ("POD_NAME", "metadata.name"),
+            ("POD_UID", "metadata.uid"),
+            ("POD_IP", "status.podIP")
+        ]
+    );
+    assert_eq!(
+        app.get("ports"),
+        None,
+        "7946 is already declared there under another name"
+    );
     assert_eq!(
         containers[1]["ports"],
         json!([{"name": PEER_PORT_NAME, "containerPort": 7946, "protocol": "TCP"}])
@@ -138,7 +179,10 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
     };
     let np = to_json(np.as_ref());
     assert_eq!(np["metadata"]["name"], "orders-hedge-peers");
-    assert_eq!(np["spec"]["podSelector"], json!({"matchLabels": {"app": "orders-api"}}));
+    assert_eq!(
+        np["spec"]["podSelector"],
+        json!({"matchLabels": {"app": "orders-api"}})
+    );
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
     assert_eq!(
         np["spec"]["ingress"][0],
@@ -162,20 +206,28 @@ fn a_configured_deployment_is_not_applied_again_and_a_config_change_changes_its_
     let (_, body) = plan::plan(&v, &observed).deployment.unwrap();
     // What the API server holds after the apply: the old object merged with the body.
     let mut deployment = to_json(observed.deployment.as_ref().unwrap());
-    for (i, fragment) in body["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().enumerate() {
+    for (i, fragment) in body["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         for (k, value) in fragment.as_object().unwrap() {
             deployment["spec"]["template"]["spec"]["containers"][i][k] = value.clone();
         }
     }
     deployment["spec"]["template"]["spec"]["containers"][0]["ports"] =
         json!([{"name": "gossip", "containerPort": 7946, "protocol": "TCP"}]);
-    deployment["spec"]["template"]["metadata"]["annotations"] = body["spec"]["template"]["metadata"]["annotations"].clone();
+    deployment["spec"]["template"]["metadata"]["annotations"] =
+        body["spec"]["template"]["metadata"]["annotations"].clone();
     observed.deployment = Some(serde_json::from_value(deployment).unwrap());
     assert_eq!(plan::plan(&v, &observed).deployment, None);
 
     let (mut v, _) = fixture("referenced-deployment");
     v.config.election = hedge::ElectionTimings::from_lease(std::time::Duration::from_secs(2));
-    let (_, changed) = plan::plan(&v, &observed).deployment.expect("a new hash rolls the pods");
+    let (_, changed) = plan::plan(&v, &observed)
+        .deployment
+        .expect("a new hash rolls the pods");
     assert_ne!(
         changed["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
         body["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
@@ -186,7 +238,10 @@ fn a_configured_deployment_is_not_applied_again_and_a_config_change_changes_its_
 fn a_missing_deployment_is_reported_and_the_rest_is_still_written() {
     let (v, observed) = fixture("deployment-missing");
     let plan = plan::plan(&v, &observed);
-    assert_eq!(plan.problems, [ConfigProblem::DeploymentNotFound("orders-api".into())]);
+    assert_eq!(
+        plan.problems,
+        [ConfigProblem::DeploymentNotFound("orders-api".into())]
+    );
     assert_eq!(plan.problems[0].reason(), "DeploymentNotFound");
     assert!(plan.create_secret && plan.config_map.is_some());
 }
@@ -195,7 +250,10 @@ fn a_missing_deployment_is_reported_and_the_rest_is_still_written() {
 fn a_missing_existing_secret_is_reported_and_holds_back_the_deployment() {
     let (v, observed) = fixture("existing-secret-missing");
     let plan = plan::plan(&v, &observed);
-    assert_eq!(plan.problems, [ConfigProblem::SecretNotFound("orders-peers".into())]);
+    assert_eq!(
+        plan.problems,
+        [ConfigProblem::SecretNotFound("orders-peers".into())]
+    );
     assert!(!plan.create_secret, "an existing Secret is never generated");
     assert_eq!(plan.deployment, None);
 }
@@ -203,9 +261,15 @@ fn a_missing_existing_secret_is_reported_and_holds_back_the_deployment() {
 #[test]
 fn a_disabled_network_policy_is_deleted() {
     let (v, observed) = fixture("network-policy-disabled");
-    assert_eq!(plan::plan(&v, &observed).network_policy, NetworkPolicyStep::Delete);
+    assert_eq!(
+        plan::plan(&v, &observed).network_policy,
+        NetworkPolicyStep::Delete
+    );
     let (v, _) = fixture("network-policy-disabled");
-    assert_eq!(plan::plan(&v, &Observed::default()).network_policy, NetworkPolicyStep::Keep);
+    assert_eq!(
+        plan::plan(&v, &Observed::default()).network_policy,
+        NetworkPolicyStep::Keep
+    );
 }
 
 #[test]
@@ -227,8 +291,21 @@ fn deletion_follows_each_policy() {
                 deployment: observed.deployment.clone(),
             },
         );
-        assert_eq!((cleanup.delete_rows, cleanup.drop_tables), (delete_rows, drop_tables), "{policy:?}");
-        assert_eq!(cleanup.tables_kept_for, if drop_tables { vec![] } else if policy == DeletionPolicy::DropTables { others.clone() } else { vec![] });
+        assert_eq!(
+            (cleanup.delete_rows, cleanup.drop_tables),
+            (delete_rows, drop_tables),
+            "{policy:?}"
+        );
+        assert_eq!(
+            cleanup.tables_kept_for,
+            if drop_tables {
+                vec![]
+            } else if policy == DeletionPolicy::DropTables {
+                others.clone()
+            } else {
+                vec![]
+            }
+        );
 
         // The Deployment gets its fields back, keeping the user's own envFrom entry.
         let (name, body) = cleanup.release_deployment.unwrap();
@@ -243,8 +320,14 @@ fn deletion_follows_each_policy() {
 #[test]
 fn invalid_specs_say_what_to_change() {
     let cases = [
-        ("database: projects/p", "expected projects/<project>/instances/<instance>/databases/<database>"),
-        ("{database: projects/p/instances/i/databases/d, tables: {locks: 'a;b'}}", "invalid table name `a;b`"),
+        (
+            "{database: projects/p}",
+            "expected projects/<project>/instances/<instance>/databases/<database>",
+        ),
+        (
+            "{database: projects/p/instances/i/databases/d, tables: {locks: 'a;b'}}",
+            "invalid table name `a;b`",
+        ),
         (
             "{database: projects/p/instances/i/databases/d, tables: {locks: x, members: X}}",
             "must have different names",
@@ -265,7 +348,10 @@ fn invalid_specs_say_what_to_change() {
             "{database: projects/p/instances/i/databases/d, membership: {heartbeatIntervalMs: 20000}}",
             "member heartbeat interval (20s) must be below member TTL (10s)",
         ),
-        ("{database: projects/p/instances/i/databases/d, peerPort: 70000}", "spec.peerPort must be between 1 and 65535"),
+        (
+            "{database: projects/p/instances/i/databases/d, peerPort: 70000}",
+            "spec.peerPort must be between 1 and 65535",
+        ),
         (
             "{database: projects/p/instances/i/databases/d, networkPolicy: {enabled: true}}",
             "networkPolicy.enabled needs the members",
@@ -282,6 +368,9 @@ fn invalid_specs_say_what_to_change() {
         .unwrap_or_else(|e| panic!("{spec_yaml}: {e}"));
         hg.metadata.generation = Some(1);
         let err = spec::validate(&hg).unwrap_err().to_string();
-        assert!(err.contains(message), "{spec_yaml}: {err:?} should contain {message:?}");
+        assert!(
+            err.contains(message),
+            "{spec_yaml}: {err:?} should contain {message:?}"
+        );
     }
 }

@@ -22,24 +22,38 @@ impl SpannerBackend {
     /// Starts an emulator with a fresh database holding hedge's schema; `None` when the emulator
     /// is not installed and not required (the harness has printed why).
     pub async fn start(fault_injection: bool) -> Option<Self> {
-        let emulator = Emulator::start(fault_injection).await.expect("the Spanner emulator starts")?;
+        let emulator = Emulator::start(fault_injection)
+            .await
+            .expect("the Spanner emulator starts")?;
         let db = emulator
             .create_database_with_schema(&TableNames::default())
             .await
             .expect("a fresh database with hedge's schema");
         let admin = emulator.store(&db).await.expect("a Spanner client");
-        Some(Self { emulator, db, admin })
+        Some(Self {
+            emulator,
+            db,
+            admin,
+        })
     }
 }
 
 #[async_trait]
 impl Backend for SpannerBackend {
     async fn member_store(&self) -> Arc<dyn Store> {
-        Arc::new(self.emulator.store(&self.db).await.expect("a Spanner client"))
+        Arc::new(
+            self.emulator
+                .store(&self.db)
+                .await
+                .expect("a Spanner client"),
+        )
     }
 
     async fn delete_lock_row(&self, key: &LockKey) {
-        self.admin.delete_lock(key).await.expect("delete the lock row");
+        self.admin
+            .delete_lock(key)
+            .await
+            .expect("delete the lock row");
     }
 
     fn timings(&self) -> ElectionTimings {

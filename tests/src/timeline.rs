@@ -94,8 +94,11 @@ pub fn check(intervals: &[Interval]) -> Vec<Violation> {
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
     intervals: Arc<Mutex<Vec<Interval>>>,
-    recorders: Arc<Mutex<Vec<(Election, JoinHandle<()>)>>>,
+    recorders: Arc<Mutex<Vec<Recorder>>>,
 }
+
+/// An election being recorded and the task that records it.
+type Recorder = (Election, JoinHandle<()>);
 
 impl Timeline {
     /// An empty timeline.
