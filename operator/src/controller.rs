@@ -437,7 +437,7 @@ pub enum RunError {
 pub async fn check_crd(api: &Api<HedgeGroup>) -> Result<(), RunError> {
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Err(RunError::CrdMissing),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 404 => Err(RunError::CrdMissing),
         Err(e) => Err(RunError::Kube(e)),
     }
 }
@@ -750,10 +750,7 @@ mod tests {
     async fn deletion_applies_the_policy_then_removes_the_finalizer() {
         let (ctx, api, spanner) = fresh();
         spanner.update(|s| {
-            s.groups
-                .insert("testns/orders".into())
-                .then_some(())
-                .unwrap_or(())
+            s.groups.insert("testns/orders".into());
         });
         let mut hg = HedgeGroup::test("orders").finalized().deleting();
         hg.spec.deletion_policy = DeletionPolicy::DropTables;
@@ -885,6 +882,21 @@ mod tests {
         assert!(
             text.contains("hedge_operator_reconcile_duration_seconds_count 1"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_crd_is_reported_as_such() {
+        let (ctx, api, _) = fresh();
+        let groups: kube::Api<HedgeGroup> = kube::Api::all(ctx.client.clone());
+        super::check_crd(&groups).await.unwrap();
+        api.fail_next(Method::GET, "/hedgegroups", 404);
+        let err = super::check_crd(&groups).await.unwrap_err();
+        assert!(matches!(err, super::RunError::CrdMissing), "{err}");
+        assert!(
+            err.to_string()
+                .contains("hedge-operator crd | kubectl apply -f -"),
+            "{err}"
         );
     }
 

@@ -12,7 +12,6 @@ use hedge::store::TableNames;
 use hedge::store::schema::{SCHEMA_VERSION, migrations};
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::ObjectMeta;
 use kube::client::Body;
 use kube::runtime::events::Recorder;
 use kube::{Client, Resource};
@@ -140,7 +139,7 @@ fn plural(kind: &str) -> String {
 }
 
 /// The path of an object from its apiVersion, kind, namespace and name.
-pub fn object_path(obj: &Value) -> String {
+fn object_path(obj: &Value) -> String {
     let api_version = obj["apiVersion"].as_str().unwrap_or("v1");
     let kind = obj["kind"].as_str().unwrap_or_default();
     let ns = obj["metadata"]["namespace"].as_str().unwrap_or(NS);
@@ -252,7 +251,12 @@ impl ServerState {
             .position(|(m, p, _)| m == method && path.contains(p.as_str()))
         {
             let (_, _, code) = self.failures.remove(i);
-            return (code, status_json(code, "InternalError", "injected failure"));
+            let reason = match code {
+                404 => "NotFound",
+                409 => "Conflict",
+                _ => "InternalError",
+            };
+            return (code, status_json(code, reason, "injected failure"));
         }
         let (object_path, subresource) = match path.strip_suffix("/status") {
             Some(base) => (base.to_owned(), true),
@@ -626,14 +630,5 @@ impl Context {
         let recorder = Recorder::new(client.clone(), "hedge-operator".into());
         let ctx = Context::new(client, recorder, provisioner, metrics, Settings::default());
         (Arc::new(ctx), verifier, registry)
-    }
-}
-
-/// Metadata of a test object.
-pub fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some(NS.into()),
-        ..ObjectMeta::default()
     }
 }

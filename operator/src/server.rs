@@ -139,3 +139,83 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn get(path: &str) -> Request<()> {
+        Request::get(path).body(()).unwrap()
+    }
+
+    #[test]
+    fn health_is_always_ok_and_readiness_waits_for_the_controller() {
+        let state = State::default();
+        assert_eq!(route(&state, &get("/healthz")).status(), StatusCode::OK);
+        assert_eq!(
+            route(&state, &get("/readyz")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state.set_ready(true);
+        assert_eq!(route(&state, &get("/readyz")).status(), StatusCode::OK);
+        assert_eq!(route(&state, &get("/nope")).status(), StatusCode::NOT_FOUND);
+        let post = Request::post("/metrics").body(()).unwrap();
+        assert_eq!(
+            route(&state, &post).status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let metrics = route(&state, &get("/metrics"));
+        assert_eq!(metrics.status(), StatusCode::OK);
+        assert!(
+            metrics.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_server_answers_over_tcp_and_stops_on_shutdown() {
+        let mut registry = Registry::default();
+        let metrics = crate::metrics::Metrics::default().register(&mut registry);
+        metrics.failure("SpannerUnavailable");
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, State::new(registry), shutdown.clone()));
+
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(
+            response.contains(
+                "hedge_operator_reconcile_failures_total{reason=\"SpannerUnavailable\"} 1"
+            )
+        );
+
+        shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_a_clear_error() {
+        let taken = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(addr).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("cannot listen on {addr}")),
+            "{err}"
+        );
+    }
+}

@@ -4,7 +4,6 @@
 //! Workload Identity through the metadata server), or `SPANNER_EMULATOR_HOST`.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use hedge::DatabasePath;
@@ -55,11 +54,6 @@ impl SpannerProvisioner {
             .lock()
             .await
             .remove(&(db.clone(), tables.clone()));
-    }
-
-    /// The timeout of one operation.
-    pub fn operation_timeout(&self) -> Duration {
-        self.options.operation_timeout
     }
 }
 

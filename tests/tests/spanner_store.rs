@@ -129,48 +129,6 @@ async fn acquire_renew_release_with_increasing_tokens() {
 }
 
 #[tokio::test]
-async fn per_operation_latency() {
-    let emulator = require_emulator!();
-    let db = emulator
-        .create_database_with_schema_default()
-        .await
-        .expect("db");
-    let connect = Instant::now();
-    let a = emulator.store(&db).await.expect("store");
-    let connect = connect.elapsed();
-    let key = LockKey::new("g", "l");
-    let token = granted(a.acquire(&key, "a", LEASE).await.expect("acquire"));
-    let n = 40u32;
-    let renew = Instant::now();
-    for _ in 0..n {
-        assert_eq!(
-            a.renew(&key, "a", token, LEASE).await.expect("renew"),
-            RenewOutcome::Renewed
-        );
-    }
-    let renew = renew.elapsed() / n;
-    let read = Instant::now();
-    for _ in 0..n {
-        a.lock_state(&key).await.expect("state");
-    }
-    let read = read.elapsed() / n;
-    let hb = MemberHeartbeat {
-        id: "a".into(),
-        address: None,
-        ttl: LEASE,
-    };
-    let beat = Instant::now();
-    for _ in 0..n {
-        a.heartbeat_member("g", &hb).await.expect("heartbeat");
-    }
-    let beat = beat.elapsed() / n;
-    eprintln!(
-        "emulator start {:?}; connect {connect:?}; per op: renew {renew:?}, lock_state {read:?}, heartbeat {beat:?}",
-        emulator.startup_time()
-    );
-}
-
-#[tokio::test]
 async fn similar_names_never_touch_each_other() {
     // W6: rows are keyed by (group, name), never by a prefix.
     let emulator = require_emulator!();
