@@ -464,18 +464,26 @@ impl Shared {
         shutdown: &CancellationToken,
     ) -> Result<Option<Next>, StoreError> {
         let t = self.timings;
+        let step_down = step_down_at(term.deadline, t);
         tokio::select! {
+            // Biased: after a pause (GC, SIGSTOP) several branches are ready at once, and the
+            // deadline must win over a renewal.
+            biased;
             () = shutdown.cancelled() => {
                 self.release(term).await;
                 return Ok(None);
             }
-            () = sleep_until(step_down_at(term.deadline, t)) => {
+            () = sleep_until(step_down) => {
                 self.step_down(&term, LostReason::DeadlinePassed, None);
                 return Ok(Some(Next::Follow));
             }
             () = sleep_until(term.last_renew_sent + t.renew_interval) => {}
         }
         let sent = Instant::now();
+        if sent >= step_down {
+            self.step_down(&term, LostReason::DeadlinePassed, None);
+            return Ok(Some(Next::Follow));
+        }
         let renewal = tokio::select! {
             () = shutdown.cancelled() => {
                 self.release(term).await;
