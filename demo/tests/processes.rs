@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use hedge::store::{LockKey, SpannerStore, Store};
 use hedge::{DatabasePath, ElectionTimings};
-use hedge_tests::require_emulator;
 
 const GROUP: &str = "procs";
 const LEASE: Duration = Duration::from_secs(2);
@@ -129,31 +128,65 @@ async fn wait_for_holder(
     }
 }
 
-fn start_group(db: &DatabasePath, host: &str) -> BTreeMap<String, Process> {
-    ["pod-a", "pod-b", "pod-c"]
-        .into_iter()
-        .map(|id| (id.to_owned(), Process::spawn(id, db, host)))
-        .collect()
+/// A running group: its emulator, a client of the test's own, the processes and who leads.
+struct Group {
+    _emulator: hedge_tests::Emulator,
+    store: SpannerStore,
+    processes: BTreeMap<String, Process>,
+    leader: String,
+    token: u64,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_leader_process_is_replaced_and_its_token_never_returns() {
-    let emulator = require_emulator!();
+/// Starts three member processes on a fresh database and waits for a leader; `None` when no
+/// emulator is installed and none is required.
+async fn start_group() -> Option<Group> {
+    let emulator = hedge_tests::emulator_or_skip(
+        &hedge_tests::emulator::current_test_name("processes"),
+        false,
+    )
+    .await?;
     let db = emulator
         .create_database_with_schema_default()
         .await
         .expect("database");
     let store = emulator.store(&db).await.expect("store");
-    let mut group = start_group(&db, emulator.grpc_host());
+    let processes = ["pod-a", "pod-b", "pod-c"]
+        .into_iter()
+        .map(|id| (id.to_owned(), Process::spawn(id, &db, emulator.grpc_host())))
+        .collect();
     let (leader, token) = wait_for_holder(&store, Duration::from_secs(20), None).await;
+    Some(Group {
+        _emulator: emulator,
+        store,
+        processes,
+        leader,
+        token,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_process_is_replaced_and_its_token_never_returns() {
+    let Some(Group {
+        store,
+        mut processes,
+        leader,
+        token,
+        // Bound, not `..`: an unbound field would be dropped here, stopping the emulator.
+        _emulator,
+    }) = start_group().await
+    else {
+        return;
+    };
     let killed_at = Instant::now();
-    let mut process = group.remove(&leader).expect("the leader is one of ours");
+    let mut process = processes
+        .remove(&leader)
+        .expect("the leader is one of ours");
     process.child.kill().expect("SIGKILL");
     let _ = process.child.wait();
     let timings = ElectionTimings::from_lease(LEASE);
     let (next, next_token) = wait_for_holder(&store, timings.lease * 3, Some(&leader)).await;
     assert!(next_token > token, "token {next_token} after {token}");
-    assert!(group.contains_key(&next));
+    assert!(processes.contains_key(&next));
     eprintln!("failover after SIGKILL: {:?}", killed_at.elapsed());
     // Every survivor knows of the new leader, and the members table shows who is in the group.
     let members: Vec<String> = store
@@ -163,22 +196,25 @@ async fn killed_leader_process_is_replaced_and_its_token_never_returns() {
         .into_iter()
         .map(|m| m.id)
         .collect();
-    for id in group.keys() {
+    for id in processes.keys() {
         assert!(members.contains(id), "{id} missing from {members:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lock_and_a_candidate_takes_over_within_a_poll() {
-    let emulator = require_emulator!();
-    let db = emulator
-        .create_database_with_schema_default()
-        .await
-        .expect("database");
-    let store = emulator.store(&db).await.expect("store");
-    let mut group = start_group(&db, emulator.grpc_host());
-    let (leader, token) = wait_for_holder(&store, Duration::from_secs(20), None).await;
-    let mut process = group.remove(&leader).expect("ours");
+    let Some(Group {
+        store,
+        mut processes,
+        leader,
+        token,
+        // Bound, not `..`: an unbound field would be dropped here, stopping the emulator.
+        _emulator,
+    }) = start_group().await
+    else {
+        return;
+    };
+    let mut process = processes.remove(&leader).expect("ours");
     process.signal(libc::SIGTERM);
     let status = process.child.wait().expect("exit status");
     assert!(
@@ -212,15 +248,18 @@ async fn sigterm_releases_the_lock_and_a_candidate_takes_over_within_a_poll() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_is_replaced_and_steps_down_when_it_resumes() {
-    let emulator = require_emulator!();
-    let db = emulator
-        .create_database_with_schema_default()
-        .await
-        .expect("database");
-    let store = emulator.store(&db).await.expect("store");
-    let group = start_group(&db, emulator.grpc_host());
-    let (leader, token) = wait_for_holder(&store, Duration::from_secs(20), None).await;
-    let process = &group[&leader];
+    let Some(Group {
+        store,
+        processes,
+        leader,
+        token,
+        // Bound, not `..`: an unbound field would be dropped here, stopping the emulator.
+        _emulator,
+    }) = start_group().await
+    else {
+        return;
+    };
+    let process = &processes[&leader];
     process.signal(libc::SIGSTOP);
     let timings = ElectionTimings::from_lease(LEASE);
     let (_, next_token) = wait_for_holder(&store, timings.lease * 3, Some(&leader)).await;

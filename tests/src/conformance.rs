@@ -476,3 +476,43 @@ pub async fn events_come_once_per_term_in_order(backend: &dyn Backend) {
         "{seen:?}"
     );
 }
+
+/// Defines one test per scenario of the suite.
+///
+/// `$test` is the test attribute (for example `tokio::test(start_paused = true)`), `$backend` an
+/// expression of type `Option<impl Backend>` (`None`: skipped, the harness said why), and
+/// `$rounds` the number of handovers in the contention scenarios.
+#[macro_export]
+macro_rules! conformance_suite {
+    (#[$test:meta] backend = $backend:expr, rounds = $rounds:expr) => {
+        $crate::conformance_suite!(@scenarios #[$test] $backend;
+            single_member_becomes_leader => single_member_becomes_leader;
+            two_contenders_share_one_leader => contenders_share_one_leader, 2, $rounds;
+            five_contenders_share_one_leader => contenders_share_one_leader, 5, $rounds;
+            crashed_leader_is_replaced_within_lease_and_poll => crashed_leader_is_replaced_within_lease_and_poll;
+            released_lock_is_taken_within_one_poll => released_lock_is_taken_within_one_poll;
+            unreachable_store_steps_down_before_anyone_else_acquires =>
+                failing_renewals_step_down_before_anyone_else_acquires, $crate::faults::Fault::Unreachable;
+            slow_store_steps_down_before_anyone_else_acquires =>
+                failing_renewals_step_down_before_anyone_else_acquires,
+                $crate::faults::Fault::Slow(::std::time::Duration::from_secs(30));
+            w8_deposed_holder_cannot_renew => deposed_holder_cannot_renew;
+            w6_similar_names_never_collide => similar_names_never_collide;
+            w7_deleted_row_is_recovered => deleted_row_is_recovered;
+            w4_renewal_and_read_in_the_same_instant_do_not_take_over =>
+                renewal_and_read_in_the_same_instant_do_not_take_over;
+            w5_crash_during_acquire_leaves_a_takeable_lock => crash_during_acquire_leaves_a_takeable_lock;
+            several_locks_per_process => several_locks_per_process;
+            events_come_once_per_term_in_order => events_come_once_per_term_in_order;
+        );
+    };
+    (@scenarios #[$test:meta] $backend:expr; $($name:ident => $scenario:ident $(, $arg:expr)*;)*) => {
+        $(
+            #[$test]
+            async fn $name() {
+                let Some(backend) = $backend else { return };
+                $crate::conformance::$scenario(&backend $(, $arg)*).await;
+            }
+        )*
+    };
+}
