@@ -76,9 +76,7 @@ impl Error {
             Error::Status { .. } => "StatusWriteFailed",
             Error::Finalizer(f) => match f.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-                finalizer::Error::AddFinalizer(_) | finalizer::Error::RemoveFinalizer(_) => {
-                    "FinalizerFailed"
-                }
+                // Adding or removing the finalizer failed (or the object has no name).
                 _ => "FinalizerFailed",
             },
         }

@@ -264,8 +264,9 @@ pub enum DeletionPolicy {
     Retain,
     /// Delete the group's rows (its locks and members); keep the tables.
     DeleteRows,
-    /// Delete the group's rows, then drop the tables unless another group still uses them (another
-    /// HedgeGroup on the same database and tables, or rows of another group in them).
+    /// Delete the group's rows, then drop the tables unless another group may still use them:
+    /// another HedgeGroup on the same database and tables, rows of another group in them, or
+    /// rows the operator cannot list. Kept tables are named in the `CleanedUp` event.
     DropTables,
 }
 

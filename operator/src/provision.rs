@@ -1,6 +1,6 @@
 //! Everything the operator asks of Spanner, behind one small trait: the real implementation
-//! ([`SpannerProvisioner`], in `spanner.rs`) calls the client crate's schema module and store; the
-//! mocked reconcile tests use a fake that counts calls.
+//! ([`SpannerProvisioner`](crate::spanner::SpannerProvisioner)) calls the client crate's schema
+//! module and store; the mocked reconcile tests use a fake that counts calls.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;

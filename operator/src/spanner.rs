@@ -149,12 +149,16 @@ impl Provisioner for SpannerProvisioner {
 
     async fn groups_in_tables(
         &self,
-        _db: &DatabasePath,
-        _tables: &TableNames,
+        db: &DatabasePath,
+        tables: &TableNames,
     ) -> Result<Option<BTreeSet<String>>, ProvisionError> {
-        // The client crate cannot list the groups of a table set yet, so the operator cannot
-        // prove that no other group uses the tables: DropTables then keeps them.
-        Ok(None)
+        let store = self.store(db, tables).await?;
+        match store.groups().await {
+            Ok(groups) => Ok(Some(groups)),
+            // No tables, no other group: nothing to protect.
+            Err(StoreError::MissingTable { .. }) => Ok(Some(BTreeSet::new())),
+            Err(e) => Err(store_error("listing the groups that use the tables")(e)),
+        }
     }
 
     async fn drop_schema(

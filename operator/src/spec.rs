@@ -137,9 +137,7 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
     let namespace = hg
         .namespace()
         .ok_or(InvalidSpec::MissingMetadata("namespace"))?;
-    if hg.metadata.uid.is_none() {
-        return Err(InvalidSpec::MissingMetadata("uid"));
-    }
+    // Needs the name (checked above) and the uid.
     let owner = hg
         .controller_owner_ref(&())
         .ok_or(InvalidSpec::MissingMetadata("uid"))?;

@@ -91,3 +91,101 @@ fn every_example_hedge_group_is_valid() {
         }
     }
 }
+
+/// A HedgeGroup from the YAML of its spec.
+fn group(spec: &str) -> HedgeGroup {
+    serde_yaml::from_str(&format!(
+        "apiVersion: hedge.dev/v1alpha1\nkind: HedgeGroup\nmetadata: {{name: g, namespace: n}}\nspec: {spec}\n"
+    ))
+    .unwrap_or_else(|e| panic!("{spec}: {e}"))
+}
+
+const DB: &str = "projects/p/instances/i/databases/d";
+
+#[test]
+fn the_cel_rules_accept_every_example() {
+    let mut groups = groups_in(&repo().join("crds/examples"));
+    if repo().join("examples").is_dir() {
+        groups.extend(groups_in(&repo().join("examples")));
+    }
+    for (file, hg) in groups {
+        if let Err(e) = kube::core::cel::validate_cel(&hg) {
+            panic!("{}: {e}", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_cel_rules_reject_what_the_operator_would_reject() {
+    let cases = [
+        (
+            format!("{{database: {DB}, election: {{leaseMs: 1000, renewIntervalMs: 1000}}}}"),
+            "renewIntervalMs must be below leaseMs",
+        ),
+        (
+            format!("{{database: {DB}, election: {{leaseMs: 1000, safetyMarginMs: 1000}}}}"),
+            "safetyMarginMs must be below leaseMs",
+        ),
+        (
+            format!(
+                "{{database: {DB}, election: {{leaseMs: 1000, renewIntervalMs: 800, safetyMarginMs: 300}}}}"
+            ),
+            "renewIntervalMs must be below leaseMs minus safetyMarginMs",
+        ),
+        (
+            format!("{{database: {DB}, membership: {{heartbeatIntervalMs: 5000, ttlMs: 5000}}}}"),
+            "heartbeatIntervalMs must be below ttlMs",
+        ),
+        (
+            format!("{{database: {DB}, tables: {{locks: t, members: T, schema: s}}}}"),
+            "must have different names",
+        ),
+        (
+            format!("{{database: {DB}, networkPolicy: {{enabled: true}}}}"),
+            "networkPolicy.enabled needs the members",
+        ),
+    ];
+    for (spec, message) in cases {
+        let hg = group(&spec);
+        let err = kube::core::cel::validate_cel(&hg)
+            .expect_err(&spec)
+            .to_string();
+        assert!(err.contains(message), "{spec}: {err}");
+        // The Rust checks agree (the operator does not rely on the API server's).
+        assert!(
+            spec::validate(&HedgeGroup {
+                metadata: kube::api::ObjectMeta {
+                    uid: Some("u".into()),
+                    ..hg.metadata.clone()
+                },
+                ..hg
+            })
+            .is_err()
+        );
+    }
+    let fine = group(&format!(
+        "{{database: {DB}, election: {{leaseMs: 1000, renewIntervalMs: 200}}, networkPolicy: {{enabled: true}}, selector: {{matchLabels: {{a: b}}}}}}"
+    ));
+    kube::core::cel::validate_cel(&fine).unwrap();
+}
+
+#[test]
+fn the_database_and_tables_cannot_change() {
+    let old = group(&format!("{{database: {DB}}}"));
+    let same = group(&format!("{{database: {DB}, peerPort: 9000}}"));
+    kube::core::cel::validate_cel_update(&same, &old).unwrap();
+
+    let moved = group("{database: projects/p/instances/i/databases/other}");
+    let err = kube::core::cel::validate_cel_update(&moved, &old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("database is immutable"), "{err}");
+
+    let renamed = group(&format!(
+        "{{database: {DB}, tables: {{locks: other_locks}}}}"
+    ));
+    let err = kube::core::cel::validate_cel_update(&renamed, &old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tables are immutable"), "{err}");
+}

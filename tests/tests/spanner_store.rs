@@ -841,7 +841,15 @@ async fn delete_group_deletes_exactly_that_group() {
         };
         s.heartbeat_member(group, &hb).await.expect("hb");
     }
+    let all: Vec<String> = s.groups().await.expect("groups").into_iter().collect();
+    assert_eq!(all, ["X", "x", "x_y"]);
     assert_eq!(s.delete_group("x").await.expect("delete"), 3);
+    let left: Vec<String> = s.groups().await.expect("groups").into_iter().collect();
+    assert_eq!(
+        left,
+        ["X", "x_y"],
+        "groups() lists exactly the groups that still have rows"
+    );
     assert_eq!(
         s.lock_state(&LockKey::new("x", "leader"))
             .await

@@ -545,6 +545,22 @@ impl SpannerStore {
         Ok(u64::try_from(deleted).unwrap_or(0))
     }
 
+    /// The groups that have rows (live or not) in this table set's lock or member table, so
+    /// that the operator can tell whether dropping the tables would hurt another group.
+    pub async fn groups(&self) -> StoreResult<std::collections::BTreeSet<String>> {
+        let mut groups = std::collections::BTreeSet::new();
+        for table in [&self.tables.locks, &self.tables.members] {
+            let statement = Statement::builder(format!("SELECT DISTINCT group_name FROM {table}"));
+            let found = self
+                .query("listing groups", table, statement, |row| {
+                    column::<String>(row, table, "group_name")
+                })
+                .await?;
+            groups.extend(found);
+        }
+        Ok(groups)
+    }
+
     /// Deletes the row of `key` behind the election's back, as a person (or a clean-up gone
     /// wrong) might: for recovery tests (spindle's W7). Returns whether a row was deleted.
     pub async fn delete_lock(&self, key: &LockKey) -> StoreResult<bool> {
