@@ -404,4 +404,39 @@ mod tests {
             .await
             .unwrap();
     }
+
+    #[tokio::test]
+    async fn drop_tables_drops_them_when_no_other_group_has_rows() {
+        let emulator = require_emulator!();
+        let db = emulator
+            .create_database_with_schema_default()
+            .await
+            .unwrap();
+        let store = emulator.store(&db).await.unwrap();
+        store
+            .acquire(
+                &LockKey::new(format!("{NS}/orders"), LockKey::LEADER),
+                "m",
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        let provisioner = Arc::new(SpannerProvisioner::new(emulator.options()));
+        let (ctx, api) = context(provisioner);
+        let mut hg = HedgeGroup::test("orders").finalized().deleting();
+        hg.spec.database = db.to_string();
+        hg.spec.deletion_policy = DeletionPolicy::DropTables;
+        api.seed(&hg);
+        reconcile(Arc::new(api.group("orders")), ctx.clone())
+            .await
+            .unwrap();
+        let gone = store
+            .lock_state(&LockKey::new(format!("{NS}/orders"), LockKey::LEADER))
+            .await;
+        assert!(
+            matches!(gone, Err(hedge::StoreError::MissingTable { .. })),
+            "the only group's tables are dropped: {gone:?}"
+        );
+        assert_eq!(api.group("orders").metadata.finalizers, Some(vec![]));
+    }
 }
