@@ -194,3 +194,23 @@ async fn a_missing_table_stops_the_member_with_an_error_that_says_how_to_fix_it(
     );
     assert!(message.contains("ensure_schema"), "{message}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_member_with_the_same_id_waits_for_its_old_lease() {
+    let store = MemoryStore::new();
+    let old = member(&store, "pod-a").await;
+    let guard = old.spawn();
+    let old_term = old.wait_for_term().await;
+    guard.abort(); // the container crashes; the pod (and its name) stays
+    let restarted = member(&store, "pod-a").await;
+    let _guard = restarted.spawn();
+    let started = tokio::time::Instant::now();
+    let term = restarted.wait_for_term().await;
+    let timings = ElectionTimings::default();
+    assert!(
+        started.elapsed() >= timings.lease - timings.renew_interval,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(term.token > old_term.token);
+}
