@@ -477,6 +477,73 @@ pub async fn events_come_once_per_term_in_order(backend: &dyn Backend) {
     );
 }
 
+/// A randomized run: members crash, restart, stop gracefully, and see their store become
+/// unreachable, slow, slow to reply or lose replies, at random times, for `steps` steps. The
+/// term-overlap checker must find nothing: no token reused or going back, no term beginning
+/// before the previous one ended, no `Lost` after its deadline.
+pub async fn randomized_faults_never_overlap(backend: &dyn Backend, seed: u64, steps: usize) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let lock = key(&format!("random-{seed}"));
+    let timeline = Timeline::new();
+    let t = backend.timings();
+    let mut members = Vec::new();
+    for i in 0..4 {
+        members.push(Member::start(backend, &lock, &format!("m{i}"), &timeline).await);
+    }
+    let mut restarts = 0;
+    for _ in 0..steps {
+        // Half the time the fault hits the leader, where it matters most.
+        let leader = members
+            .iter()
+            .position(|m| m.guard.is_some() && m.election.is_leader());
+        let i = match leader {
+            Some(l) if rng.random_bool(0.5) => l,
+            _ => rng.random_range(0..members.len()),
+        };
+        match rng.random_range(0..10) {
+            0 => members[i].crash(),
+            1 => members[i].stop().await,
+            2..=5 => {
+                let span =
+                    Duration::from_millis(rng.random_range(1..=2 * t.lease.as_millis() as u64));
+                let fault = match rng.random_range(0..5) {
+                    0 => Fault::Unreachable,
+                    1 => Fault::Slow(span),
+                    2 => Fault::SlowReply(span),
+                    3 => Fault::LoseReply,
+                    _ => Fault::None,
+                };
+                members[i].faults.set(fault);
+            }
+            _ => members[i].faults.set(Fault::None),
+        }
+        if members[i].guard.is_none() {
+            restarts += 1;
+            members[i] =
+                Member::start(backend, &lock, &format!("m{i}-{restarts}"), &timeline).await;
+        }
+        sleep(Duration::from_millis(
+            rng.random_range(0..=t.lease.as_millis() as u64),
+        ))
+        .await;
+    }
+    for m in &mut members {
+        m.faults.set(Fault::None);
+    }
+    // With the faults gone, the group elects a leader again.
+    wait_for_leader(&members, t.lease * 2 + t.poll_interval + backend.slack()).await;
+    for m in &mut members {
+        m.stop().await;
+    }
+    let terms = timeline.intervals().len();
+    assert!(
+        terms >= steps / 10,
+        "only {terms} terms in {steps} steps: the run did not exercise elections"
+    );
+    timeline.assert_safe();
+}
+
 /// Defines one test per scenario of the suite.
 ///
 /// `$test` is the test attribute (for example `tokio::test(start_paused = true)`), `$backend` an

@@ -24,6 +24,8 @@ pub enum Fault {
     Slow(Duration),
     /// Do the operation, then report it failed: the reply is lost after the commit.
     LoseReply,
+    /// Do the operation at once, but deliver its reply this much later.
+    SlowReply(Duration),
 }
 
 /// A store whose operations suffer the current [`Fault`].
@@ -68,6 +70,11 @@ impl FaultyStore {
             Fault::LoseReply => {
                 op.await?;
                 Err(unreachable())
+            }
+            Fault::SlowReply(delay) => {
+                let reply = op.await;
+                tokio::time::sleep(delay).await;
+                reply
             }
         }
     }

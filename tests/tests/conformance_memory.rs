@@ -7,3 +7,16 @@ hedge_tests::conformance_suite!(
     backend = Some(MemoryBackend::default()),
     rounds = 5
 );
+
+/// Many seeds of the randomized fault run; paused time makes each take milliseconds.
+#[tokio::test(start_paused = true)]
+async fn randomized_faults_never_overlap() {
+    for seed in 0..20 {
+        hedge_tests::conformance::randomized_faults_never_overlap(
+            &MemoryBackend::default(),
+            seed,
+            300,
+        )
+        .await;
+    }
+}

@@ -10,3 +10,12 @@ hedge_tests::conformance_suite!(
     backend = SpannerBackend::start(false).await,
     rounds = 3
 );
+
+/// One seed of the randomized fault run, short enough for real time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_faults_never_overlap() {
+    let Some(backend) = SpannerBackend::start(false).await else {
+        return;
+    };
+    hedge_tests::conformance::randomized_faults_never_overlap(&backend, 7, 25).await;
+}
