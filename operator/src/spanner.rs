@@ -91,9 +91,17 @@ impl Provisioner for SpannerProvisioner {
         db: &DatabasePath,
         tables: &TableNames,
     ) -> Result<SchemaOutcome, ProvisionError> {
-        let report = schema::ensure_schema(db, tables, &self.options)
-            .await
-            .map_err(schema_error("provisioning the schema"))?;
+        // On the cached store's own connection: a resync every few seconds per group must not
+        // open a new client each time.
+        let store = self.store(db, tables).await?;
+        let report = match store.ensure_schema().await {
+            Ok(report) => report,
+            Err(e) => {
+                // A broken session (or a reconnect after an outage) gets a fresh store next time.
+                self.forget(db, tables).await;
+                return Err(schema_error("provisioning the schema")(e));
+            }
+        };
         Ok(SchemaOutcome {
             version_before: report.version_before,
             version_after: report.version_after,

@@ -227,6 +227,8 @@ pub fn ddl(tables: &TableNames) -> Vec<String> {
 }
 
 #[cfg(feature = "spanner")]
+pub(crate) use provision::ensure_on;
+#[cfg(feature = "spanner")]
 pub use provision::{SchemaReport, drop_schema, ensure_schema, ensure_schema_version};
 
 /// Provisioning through the Spanner admin API: compare [`migrations`] with what the database
@@ -308,6 +310,17 @@ mod provision {
         let conn = Connection::open(db, options)
             .await
             .map_err(spanner_error("connecting"))?;
+        ensure_on(&conn, tables, target).await
+    }
+
+    /// [`ensure_schema_version`] on an open connection (a store's own, so that a caller that
+    /// checks the schema often does not open a client each time).
+    pub(crate) async fn ensure_on(
+        conn: &Connection,
+        tables: &TableNames,
+        target: i64,
+    ) -> Result<SchemaReport, SchemaError> {
+        let conn = conn.clone();
         let existing = Existing::read(&conn, tables).await?;
         let version_before = if existing.has_table(&tables.schema) {
             read_version(&conn, tables).await?

@@ -545,6 +545,15 @@ impl SpannerStore {
         Ok(u64::try_from(deleted).unwrap_or(0))
     }
 
+    /// Brings this store's tables to the newest schema version on the store's own connection;
+    /// otherwise exactly [`super::schema::ensure_schema`]: it applies only what is missing and
+    /// writes nothing when the schema is current.
+    pub async fn ensure_schema(
+        &self,
+    ) -> Result<super::schema::SchemaReport, super::schema::SchemaError> {
+        super::schema::ensure_on(&self.conn, &self.tables, super::schema::SCHEMA_VERSION).await
+    }
+
     /// The groups that have rows (live or not) in this table set's lock or member table, so
     /// that the operator can tell whether dropping the tables would hurt another group.
     pub async fn groups(&self) -> StoreResult<std::collections::BTreeSet<String>> {
