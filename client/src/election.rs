@@ -104,6 +104,9 @@ pub enum LeadershipEvent {
         token: u64,
         /// Why.
         reason: LostReason,
+        /// When `is_leader()` turned false, on the monotonic clock (before the deadline, unless
+        /// the process was paused past it).
+        at: Instant,
     },
     /// The leader this member knows of changed (`None`: the lock is free or unknown).
     LeaderChanged {
@@ -442,6 +445,7 @@ impl Shared {
     /// event goes out.
     fn step_down(&self, term: &ActiveTerm, reason: LostReason, leader: Option<LeaderInfo>) {
         self.leading_token.store(0, Ordering::Release);
+        let at = Instant::now();
         term.cancelled.cancel();
         self.state.send_modify(|view| view.term = None);
         match &reason {
@@ -453,6 +457,7 @@ impl Shared {
         self.publish(LeadershipEvent::Lost {
             token: term.token,
             reason,
+            at,
         });
         self.observe_leader(leader);
     }

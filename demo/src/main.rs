@@ -176,7 +176,9 @@ async fn member() -> Result<(), DemoError> {
         while let Ok(event) = events.recv().await {
             match event {
                 LeadershipEvent::Elected { token, .. } => info!(token, "elected"),
-                LeadershipEvent::Lost { token, reason } => info!(token, ?reason, "lost leadership"),
+                LeadershipEvent::Lost { token, reason, .. } => {
+                    info!(token, ?reason, "lost leadership")
+                }
                 LeadershipEvent::LeaderChanged { leader } => info!(?leader, "leader changed"),
                 LeadershipEvent::Started => {}
             }

@@ -17,7 +17,7 @@ pub struct Interval {
     pub token: u64,
     /// When `is_leader()` became true.
     pub start: Instant,
-    /// When the `Lost` event was received (an upper bound of the real step-down), if it was.
+    /// When the member stepped down (`is_leader()` turned false), if it did.
     pub lost_at: Option<Instant>,
     /// The term's last local deadline: `is_leader()` is false from here on whatever happens.
     pub deadline: Option<Instant>,
@@ -125,14 +125,13 @@ impl Timeline {
                         lost_at: None,
                         deadline: None,
                     }),
-                    LeadershipEvent::Lost { token, .. } => {
-                        let now = Instant::now();
+                    LeadershipEvent::Lost { token, at, .. } => {
                         if let Some(i) = list
                             .iter_mut()
                             .rev()
                             .find(|i| i.member == member && i.token == token)
                         {
-                            i.lost_at = Some(now);
+                            i.lost_at = Some(at);
                             i.deadline = watched.deadline();
                         }
                     }
