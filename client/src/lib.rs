@@ -308,7 +308,7 @@ impl Hedge {
 
     /// The group's live members, read from the store.
     pub async fn members(&self) -> Result<Vec<MemberRecord>, HedgeError> {
-        Ok(membership::members(self.inner.store.as_ref(), self.group()).await?)
+        Ok(self.inner.store.list_members(self.group()).await?)
     }
 
     /// Runs the member (election and membership heartbeats) until `shutdown` is cancelled, then

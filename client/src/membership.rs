@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::config::MembershipTimings;
-use crate::store::{MemberHeartbeat, MemberRecord, Store, StoreError};
+use crate::store::{MemberHeartbeat, Store, StoreError};
 
 /// Refreshes one member's row until `shutdown`, then removes it.
 ///
@@ -52,9 +52,4 @@ pub async fn run_heartbeats(
         warn!(group, member = %member.id, error = %e, "could not remove the member row; it will expire");
     }
     Ok(())
-}
-
-/// The live members of `group`, ordered by id.
-pub async fn members(store: &dyn Store, group: &str) -> Result<Vec<MemberRecord>, StoreError> {
-    store.list_members(group).await
 }
