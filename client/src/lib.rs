@@ -48,6 +48,7 @@
 pub mod config;
 pub mod election;
 pub mod membership;
+pub mod peer;
 pub mod store;
 
 use std::sync::Arc;
