@@ -214,12 +214,28 @@ pub trait Rpc: Send + Sync + 'static {
     type Response: Serialize + DeserializeOwned + Send + Sync + 'static;
 }
 
+/// The bit of a frame's length word that marks an error frame: a JSON [`ErrorBody`] that ends
+/// the stream.
+const ERROR_FRAME: u32 = 1 << 31;
+
+/// The longest stream message the framing can carry.
+pub const MAX_FRAME_LEN: usize = (ERROR_FRAME - 1) as usize;
+
 /// Encodes one stream message: a 4-byte big-endian length, then the bytes.
 pub fn encode_frame(message: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(4 + message.len());
-    // Callers check the length against the body limit (far below 4 GiB) first.
-    out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    // Callers check the length against the body limit (far below 2 GiB) first.
+    out.put_u32(u32::try_from(message.len().min(MAX_FRAME_LEN)).unwrap_or(ERROR_FRAME - 1));
     out.put_slice(message);
+    out.freeze()
+}
+
+/// Encodes an error that ends a stream.
+pub fn encode_error_frame(error: &ErrorBody) -> Bytes {
+    let body = serde_json::to_vec(error).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(4 + body.len());
+    out.put_u32(ERROR_FRAME | u32::try_from(body.len().min(MAX_FRAME_LEN)).unwrap_or(0));
+    out.put_slice(&body);
     out.freeze()
 }
 
@@ -237,6 +253,9 @@ pub enum FrameError {
     /// The stream ended inside a message.
     #[error("the stream ended inside a message ({0} bytes left over)")]
     Truncated(usize),
+    /// The other side ended the stream with an error.
+    #[error("the stream was ended by the other side: {}: {}", .0.kind, .0.message)]
+    Remote(ErrorBody),
 }
 
 /// Reassembles stream messages from body chunks of any size.
@@ -265,13 +284,15 @@ impl FrameDecoder {
         if self.buffer.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([
+        let word = u32::from_be_bytes([
             self.buffer[0],
             self.buffer[1],
             self.buffer[2],
             self.buffer[3],
-        ]) as usize;
-        if len > self.limit {
+        ]);
+        let is_error = word & ERROR_FRAME != 0;
+        let len = (word & !ERROR_FRAME) as usize;
+        if len > self.limit.max(if is_error { 64 * 1024 } else { 0 }) {
             return Err(FrameError::TooLarge {
                 len,
                 limit: self.limit,
@@ -281,7 +302,17 @@ impl FrameDecoder {
             return Ok(None);
         }
         self.buffer.advance(4);
-        Ok(Some(self.buffer.split_to(len).freeze()))
+        let message = self.buffer.split_to(len).freeze();
+        if is_error {
+            let error = serde_json::from_slice(&message).unwrap_or_else(|_| {
+                ErrorBody::new(
+                    ErrorKind::Internal,
+                    "the stream ended with an unreadable error",
+                )
+            });
+            return Err(FrameError::Remote(error));
+        }
+        Ok(Some(message))
     }
 
     /// Checks that the body ended between messages.
@@ -331,6 +362,12 @@ mod tests {
         decoder.push(&encode_frame(b"hello")[..6]);
         assert_eq!(decoder.next_message(), Ok(None));
         assert_eq!(decoder.finish(), Err(FrameError::Truncated(6)));
+        let mut decoder = FrameDecoder::new(10);
+        let error = ErrorBody::new(ErrorKind::TermEnded, "the term ended");
+        decoder.push(&encode_frame(b"ok"));
+        decoder.push(&encode_error_frame(&error));
+        assert_eq!(decoder.next_message(), Ok(Some(Bytes::from_static(b"ok"))));
+        assert_eq!(decoder.next_message(), Err(FrameError::Remote(error)));
     }
 
     #[test]
