@@ -530,9 +530,11 @@ impl Hedge {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         let server_stop = CancellationToken::new();
-        let server = transport.map(|(server, auth)| {
+        // If this future is dropped (the task aborted: a crash), the server dies with it,
+        // abruptly, as the process would.
+        let mut server = AbortOnDrop(transport.map(|(server, auth)| {
             tokio::spawn(server.serve(node.router(), auth, server_stop.clone()))
-        });
+        }));
         let stop = shutdown.child_token();
         let members = membership::run_member(
             self.inner.store.clone(),
@@ -561,7 +563,7 @@ impl Hedge {
             announce_leadership(node.clone(), events, election_done.clone()),
         );
         server_stop.cancel();
-        if let Some(server) = server
+        if let Some(server) = server.0.take()
             && let Err(e) = server.await
         {
             debug!(error = %e, "the peer server task ended abnormally");
@@ -579,6 +581,17 @@ impl Hedge {
         HedgeGuard {
             shutdown,
             task: Some(tokio::spawn(async move { member.run(token).await })),
+        }
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(Option<JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Optional TLS for the peer transport: rustls on aws-lc-rs, certificates and keys from PEM
 //! files (the operator mounts them from a Secret), ALPN `h2`.
 //!
-//! Every member presents the configured certificate and verifies its peers' certificates
-//! against the configured CA (or, without one, against the certificate itself: a group that
-//! shares one self-signed certificate) under one server name
+//! Every member presents the configured certificate chain and verifies its peers' certificates
+//! against the configured CA (or, without one, against the **last** certificate of its own chain
+//! file: a group whose members share one CA and put it at the end of their chain) under one
+//! server name
 //! ([`TlsConfig::server_name`], default [`DEFAULT_SERVER_NAME`]), since pod IPs are not in
 //! certificates. The group secret still authenticates each request; TLS adds confidentiality
 //! and integrity of the bodies.
@@ -32,14 +33,16 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The PEM private key of the certificate.
     pub key: PathBuf,
-    /// The PEM CA bundle that signs the members' certificates; `None` trusts `cert` itself.
+    /// The PEM CA bundle that signs the members' certificates; `None` trusts the last
+    /// certificate of the `cert` chain (its CA).
     pub ca: Option<PathBuf>,
     /// The name every member's certificate must carry.
     pub server_name: String,
 }
 
 impl TlsConfig {
-    /// TLS with this certificate and key, trusting the certificate itself.
+    /// TLS with this certificate chain (leaf first, its CA last) and key, trusting the chain's
+    /// last certificate.
     pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
         Self {
             cert: cert.into(),
@@ -78,7 +81,7 @@ impl TlsConfig {
                 .map_err(|e| bad(&format!("cannot read {}", ca.display()), &e))?
                 .collect::<Result<_, _>>()
                 .map_err(|e| bad(&format!("bad certificate in {}", ca.display()), &e))?,
-            None => certs,
+            None => certs.last().cloned().into_iter().collect(),
         };
         for cert in trusted {
             roots
