@@ -518,7 +518,7 @@ impl Node {
         };
         let (sender, frames) = stream::channel(target.id.clone(), self.max_body_bytes);
         let response = peers
-            .request(address, route, ResponseBody::channel(frames, None), None)
+            .open_stream(address, route, ResponseBody::channel(frames, None))
             .await
             .map_err(|e| MessagingError::from_peer(&target.id, e))?;
         let receiver =

@@ -3,6 +3,11 @@
 //! side ([`STREAM_BUFFER`] messages) and HTTP/2 flow control on the receiving side, so a slow
 //! reader slows down only the writer of its own stream.
 //!
+//! Each stream opens an HTTP/2 connection of its own, so streams are independent all the way
+//! down: HTTP/2 closes a connection on which too many small DATA frames wait unread, and a
+//! reader that falls far behind a writer of tiny messages can therefore break only its own
+//! stream (senders coalesce queued messages into larger frames to make that rarer).
+//!
 //! A stream ends cleanly when its writer closes (drops its [`StreamSender`]) or the handler
 //! returns; it ends with an error message when the leader's term ends while a leader stream is
 //! open ([`MessagingError::StreamClosed`] with the reason).

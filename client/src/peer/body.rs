@@ -54,6 +54,26 @@ impl Kind {
     }
 }
 
+/// How many bytes of queued chunks one DATA frame may gather.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Joins the chunks already queued behind `first` into one buffer (up to [`COALESCE_LIMIT`]):
+/// fewer, larger DATA frames cost less per message, and keep a burst of small stream messages
+/// from looking like a small-frame flood to the receiving HTTP/2 stack.
+fn coalesce(first: Bytes, chunks: &mut mpsc::Receiver<Bytes>) -> Bytes {
+    let mut joined: Option<bytes::BytesMut> = None;
+    while joined.as_ref().map_or(first.len(), bytes::BytesMut::len) < COALESCE_LIMIT {
+        let Ok(next) = chunks.try_recv() else { break };
+        joined
+            .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+            .extend_from_slice(&next);
+    }
+    match joined {
+        Some(j) => j.freeze(),
+        None => first,
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = std::io::Error;
@@ -64,9 +84,13 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut self.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Channel { chunks, .. } => {
-                chunks.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
-            }
+            Kind::Channel { chunks, .. } => match chunks.poll_recv(cx) {
+                Poll::Ready(Some(first)) => {
+                    Poll::Ready(Some(Ok(Frame::data(coalesce(first, chunks)))))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 

@@ -35,6 +35,11 @@ use super::wire::{self, ErrorBody, ErrorKind, Rpc};
 /// How long connecting to a peer may take at most (bounded further by the call's deadline).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The HTTP/2 connection-level flow-control window, both ways.
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// The HTTP/2 per-stream flow-control window, both ways.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// The pooled client of one member.
 #[derive(Clone, Debug)]
 pub struct PeerClient {
@@ -157,7 +162,11 @@ impl PeerClient {
             .keep_alive_interval(self.inner.keep_alive)
             .keep_alive_timeout(self.inner.keep_alive)
             .keep_alive_while_idle(false)
-            .adaptive_window(true)
+            // Fixed windows, not adaptive ones: h2 sizes its budget of buffered small DATA
+            // frames from the connection window, and an adaptive window starts small enough
+            // for a burst of small stream messages to exhaust it (GOAWAY ENHANCE_YOUR_CALM).
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
             .max_header_list_size(16 * 1024)
             .handshake(TokioIo::new(io))
             .await
@@ -184,7 +193,22 @@ impl PeerClient {
         deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, PeerError> {
         let span = debug_span!("peer_call", peer = %addr, route);
-        self.request_inner(addr, route, body, deadline)
+        self.request_inner(addr, route, body, deadline, true)
+            .instrument(span)
+            .await
+    }
+
+    /// Opens a long-lived stream on `route` to `addr` over a connection of its own (not the
+    /// pooled one), so that a stream whose reader falls behind can only ever break its own
+    /// connection: HTTP/2 closes a connection on which too many small frames wait unread.
+    pub async fn open_stream(
+        &self,
+        addr: &str,
+        route: &'static str,
+        body: ResponseBody,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let span = debug_span!("peer_stream", peer = %addr, route);
+        self.request_inner(addr, route, body, None, false)
             .instrument(span)
             .await
     }
@@ -195,9 +219,19 @@ impl PeerClient {
         route: &'static str,
         body: ResponseBody,
         deadline: Option<Instant>,
+        pooled: bool,
     ) -> Result<Response<Incoming>, PeerError> {
         let connect_deadline = deadline.unwrap_or_else(|| Instant::now() + CONNECT_TIMEOUT);
-        let mut sender = self.sender(addr, connect_deadline).await?;
+        let mut sender = if pooled {
+            self.sender(addr, connect_deadline).await?
+        } else {
+            timeout_at(connect_deadline, self.connect(addr))
+                .await
+                .map_err(|_| PeerError::Timeout {
+                    peer: addr.to_owned(),
+                    sent: false,
+                })??
+        };
         let request = self.build(addr, route, body, deadline)?;
         let send = sender.try_send_request(request);
         let result = match deadline {
@@ -356,16 +390,18 @@ impl PeerClient {
     }
 }
 
-/// Whether hyper's error says the server refused the stream before processing it: a
-/// `REFUSED_STREAM` reset (RFC 9113 §8.7). A GOAWAY is *not* taken as proof: h2 reports the
-/// same error for streams the server did process when the connection then closes.
+/// Whether hyper's error says the server refused the stream before processing it (RFC 9113
+/// §8.7): a `REFUSED_STREAM` reset, or a GOAWAY whose last stream id is below this stream's.
+///
+/// h2 reports a remote GOAWAY on a *stream* only for the streams above the GOAWAY's last stream
+/// id (`recv_go_away`); streams the server had taken and that fail later (the connection closed
+/// before their reply) end with an I/O error instead, which stays "outcome unknown".
 fn refused_unprocessed(error: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_reset()
-                && h2.is_remote()
-                && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let refused = h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.is_remote() && (refused || h2.is_go_away());
         }
         source = e.source();
     }

@@ -464,6 +464,8 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(16 * 1024)
+        .initial_connection_window_size(super::client::CONNECTION_WINDOW)
+        .initial_stream_window_size(super::client::STREAM_WINDOW)
         .keep_alive_interval(limits.keep_alive)
         .keep_alive_timeout(limits.keep_alive)
         // A burst of resets is an attack (CVE-2023-44487), not a workload.
