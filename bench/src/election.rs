@@ -48,6 +48,9 @@ pub enum BenchError {
     /// Serialising the report failed.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    /// A member could not be set up, or a scenario did not complete.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// What the benchmark prints with `--json`.
@@ -68,17 +71,17 @@ struct Report {
 
 /// Three member stores (separate clients on Spanner, as separate pods would have) and what keeps
 /// the emulator alive.
-struct Backend {
-    stores: Vec<Arc<dyn Store>>,
+pub(crate) struct Backend {
+    pub(crate) stores: Vec<Arc<dyn Store>>,
     _emulator: Option<hedge_tests::emulator::Emulator>,
 }
 
-async fn open(kind: BackendKind) -> Result<Backend, BenchError> {
+pub(crate) async fn open(kind: BackendKind, members: usize) -> Result<Backend, BenchError> {
     match kind {
         BackendKind::Memory => {
             let store = MemoryStore::new();
             Ok(Backend {
-                stores: (0..3)
+                stores: (0..members)
                     .map(|_| Arc::new(store.clone()) as Arc<dyn Store>)
                     .collect(),
                 _emulator: None,
@@ -96,7 +99,7 @@ async fn open(kind: BackendKind) -> Result<Backend, BenchError> {
                 .await
                 .map_err(|e| BenchError::Emulator(e.to_string()))?;
             let mut stores: Vec<Arc<dyn Store>> = Vec::new();
-            for _ in 0..3 {
+            for _ in 0..members {
                 let store = emulator
                     .store(&db)
                     .await
@@ -114,7 +117,7 @@ async fn open(kind: BackendKind) -> Result<Backend, BenchError> {
 /// Runs the benchmark and prints the report.
 pub async fn run(args: Args) -> Result<(), BenchError> {
     let timings = ElectionTimings::from_lease(Duration::from_millis(args.lease_ms));
-    let backend = open(args.backend).await?;
+    let backend = open(args.backend, 3).await?;
     let bound = timings.lease * 2 + timings.poll_interval * 2;
 
     let mut crash = Vec::new();
