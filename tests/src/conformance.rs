@@ -13,7 +13,7 @@ use hedge::store::{AcquireOutcome, LockKey, ReleaseOutcome, RenewOutcome, Store}
 use hedge::{Election, ElectionGuard, ElectionTimings, LeadershipEvent, LostReason};
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::faults::{Fault, FaultyStore};
+use crate::faults::{Fault, FaultyStore, Op};
 use crate::timeline::Timeline;
 
 /// A store backend under test.
@@ -409,7 +409,7 @@ pub async fn crash_during_acquire_leaves_a_takeable_lock(backend: &dyn Backend) 
     let timeline = Timeline::new();
     let t = backend.timings();
     let mut crashing = Member::start(backend, &lock, "crashing", &timeline).await;
-    crashing.faults.set(Fault::LoseReply);
+    crashing.faults.set_for(Op::Acquire, Fault::LoseReply);
     // Wait until its first acquire has committed (the row exists), then crash it.
     let store = backend.member_store().await;
     let committed = timeout(t.poll_interval + backend.slack(), async {

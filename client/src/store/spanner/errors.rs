@@ -111,11 +111,11 @@ pub(crate) fn map_error(
                 status.code,
                 ctx.options.unreachable_hint()
             ),
-            source: Some(Box::new(err)),
+            source: Some(std::sync::Arc::new(err)),
         },
         code => StoreError::Backend {
             message: format!("{op} on {database}: {code:?}: {message}"),
-            source: Some(Box::new(err)),
+            source: Some(std::sync::Arc::new(err)),
         },
     }
 }
@@ -146,12 +146,12 @@ fn map_transport_error(
                 "{op} on {database}: {err}: {}",
                 ctx.options.unreachable_hint()
             ),
-            source: Some(Box::new(err)),
+            source: Some(std::sync::Arc::new(err)),
         };
     }
     StoreError::Backend {
         message: format!("{op} on {database}: {err}"),
-        source: Some(Box::new(err)),
+        source: Some(std::sync::Arc::new(err)),
     }
 }
 
