@@ -37,10 +37,10 @@
 //!     members.push(member);
 //! }
 //! // Leader-only work runs under the term's cancellation token.
-//! let term = members[0].wait_for_any_leader().await;
+//! let leader = members[0].wait_for_any_leader().await?;
 //! let leaders = members.iter().filter(|m| m.is_leader()).count();
 //! assert_eq!(leaders, 1);
-//! println!("{} leads with fencing token {}", term.id, term.token);
+//! println!("{} leads with fencing token {}", leader.id, leader.token);
 //! # Ok(())
 //! # }
 //! ```
@@ -49,10 +49,12 @@ pub mod config;
 pub mod election;
 pub mod membership;
 pub mod messaging;
+pub mod metrics;
+pub mod names;
 pub mod peer;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,21 +64,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-pub use config::{Config, ConfigError, DatabasePath, ElectionTimings, MembershipTimings};
+pub use config::{Config, ConfigError, ElectionTimings, MembershipTimings};
 pub use election::{
     Election, ElectionError, ElectionGuard, LeaderInfo, LeadershipEvent, LostReason, Term,
 };
 pub use membership::{LeaveReason, Member, MembershipEvent};
 pub use messaging::{
     BroadcastOptions, BroadcastReply, HandlerError, HandlerResult, Message, MessageHandler,
-    MessagingError, MessagingMetrics, PeerStream, Reply, SendOptions, StreamHandler,
-    StreamReceiver, StreamSender, StreamSession,
+    MessagingError, PeerStream, Reply, SendOptions, StreamHandler, StreamReceiver, StreamSender,
+    StreamSession,
 };
+pub use metrics::Metrics;
+pub use names::{DatabasePath, TableNames};
 pub use peer::{GroupSecret, PeerError, PeerOptions, ServerLimits, TlsConfig};
-pub use store::{LockKey, MemberRecord, MemoryStore, Store, StoreError, TableNames};
+pub use store::{Candidate, LockKey, MemberRecord, MemoryStore, Store, StoreError};
 
 /// Errors of the [`Hedge`] handle.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum HedgeError {
     /// The configuration is invalid.
     #[error("invalid hedge configuration: {0}")]
@@ -95,7 +99,13 @@ pub enum HedgeError {
     Election(#[from] ElectionError),
     /// The peer transport could not start.
     #[error(transparent)]
-    Peer(#[from] PeerError),
+    Peer(Arc<PeerError>),
+}
+
+impl From<PeerError> for HedgeError {
+    fn from(e: PeerError) -> Self {
+        HedgeError::Peer(Arc::new(e))
+    }
 }
 
 /// Builds a [`Hedge`].
@@ -105,11 +115,11 @@ pub struct HedgeBuilder {
     config: Config,
     store: Option<Arc<dyn Store>>,
     lock_name: String,
+    metrics: Arc<Metrics>,
     #[cfg(feature = "spanner")]
     spanner_options: store::spanner::SpannerOptions,
     peer: Option<PeerOptions>,
     handlers: messaging::Handlers,
-    metrics: MessagingMetrics,
 }
 
 impl HedgeBuilder {
@@ -119,11 +129,11 @@ impl HedgeBuilder {
             config,
             store: None,
             lock_name: LockKey::LEADER.to_owned(),
+            metrics: Metrics::new(),
             #[cfg(feature = "spanner")]
             spanner_options: store::spanner::SpannerOptions::default(),
             peer: None,
             handlers: messaging::Handlers::default(),
-            metrics: MessagingMetrics::default(),
         }
     }
 
@@ -155,12 +165,6 @@ impl HedgeBuilder {
     /// The handler of streams opened with [`Hedge::stream_broadcast`]; it runs on every member.
     pub fn on_broadcast_stream(mut self, handler: impl StreamHandler) -> Self {
         self.handlers.broadcast_stream = Some(Arc::new(handler));
-        self
-    }
-
-    /// Registers the messaging metrics on `registry`.
-    pub fn metrics_registry(self, registry: &mut prometheus_client::registry::Registry) -> Self {
-        self.metrics.register(registry);
         self
     }
 
@@ -220,6 +224,13 @@ impl HedgeBuilder {
         self
     }
 
+    /// Registers the member's metrics on `registry` (serve it on the application's
+    /// `/metrics`); see [`metrics`] for what is counted.
+    pub fn metrics(self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics.register(registry);
+        self
+    }
+
     /// This member's peer address (`ip:port`), recorded in its member row.
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.config.address = Some(address.into());
@@ -239,13 +250,14 @@ impl HedgeBuilder {
             _ => return Err(HedgeError::NoStore),
         };
         let key = LockKey::new(self.config.group.clone(), self.lock_name);
-        let election = Election::new(
+        let candidate = Candidate::new(self.config.member_id.clone());
+        let election = Election::with_metrics(
             store.clone(),
             key,
-            self.config.member_id.clone(),
+            candidate.clone(),
             self.config.election,
+            self.metrics.clone(),
         )?;
-        let incarnation = uuid::Uuid::new_v4().simple().to_string();
         let mut transport = None;
         let mut peers = None;
         let mut max_body_bytes = ServerLimits::default().max_body_bytes;
@@ -278,7 +290,7 @@ impl HedgeBuilder {
         }
         let me = Member {
             id: self.config.member_id.clone(),
-            incarnation,
+            incarnation: candidate.incarnation.clone(),
             address: self.config.address.clone(),
         };
         let view = Arc::new(membership::MemberView::new(self.config.membership.ttl));
@@ -291,15 +303,18 @@ impl HedgeBuilder {
             peers,
             self.handlers,
             max_body_bytes,
-            self.metrics,
+            self.metrics.clone(),
         ));
         Ok(Hedge {
             inner: Arc::new(Inner {
                 config: self.config,
                 store,
+                candidate,
                 election,
                 node,
                 transport: Mutex::new(transport),
+                locks: Mutex::default(),
+                metrics: self.metrics,
             }),
         })
     }
@@ -315,10 +330,15 @@ pub struct Hedge {
 struct Inner {
     config: Config,
     store: Arc<dyn Store>,
+    /// This member's id and the incarnation of this process.
+    candidate: Candidate,
     election: Election,
     node: Arc<messaging::Node>,
     /// The bound peer server, until `run` starts serving it.
     transport: Mutex<Option<(peer::PeerServer, peer::Authenticator)>>,
+    /// The other named locks handed out, so that one name always gives the same election.
+    locks: Mutex<HashMap<String, Election>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Hedge {
@@ -369,14 +389,34 @@ impl Hedge {
     }
 
     /// Another named lock of this group, for this member, with the same timings. Run it with
-    /// [`Election::spawn`] or [`Election::run`].
+    /// [`Election::spawn`] or [`Election::run`]. The same name always gives the same election
+    /// (the group's own lock name gives [`Hedge::election`]): one loop per lock and member.
     pub fn lock(&self, name: &str) -> Result<Election, HedgeError> {
-        Ok(Election::new(
+        if name == self.inner.election.key().name {
+            return Ok(self.inner.election.clone());
+        }
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(election) = locks.get(name) {
+            return Ok(election.clone());
+        }
+        let election = Election::with_metrics(
             self.inner.store.clone(),
             LockKey::new(self.group(), name),
-            self.member_id(),
+            self.inner.candidate.clone(),
             self.inner.config.election,
-        )?)
+            self.inner.metrics.clone(),
+        )?;
+        locks.insert(name.to_owned(), election.clone());
+        Ok(election)
+    }
+
+    /// The metrics this member counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Whether this member leads the group now (a local check, no I/O).
@@ -399,22 +439,21 @@ impl Hedge {
         self.inner.election.term()
     }
 
-    /// Waits until this member leads.
-    pub async fn wait_for_term(&self) -> Term {
+    /// Waits until this member leads; or returns the error that stopped the member.
+    pub async fn wait_for_term(&self) -> Result<Term, ElectionError> {
         self.inner.election.wait_for_term().await
     }
 
-    /// Waits until this member knows of a leader (itself or another).
-    pub async fn wait_for_any_leader(&self) -> LeaderInfo {
-        let mut events = self.inner.election.watch();
-        loop {
-            if let Some(leader) = self.leader() {
-                return leader;
-            }
-            if events.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+    /// Waits until this member knows of a leader (itself or another); or returns the error
+    /// that stopped the member.
+    pub async fn wait_for_any_leader(&self) -> Result<LeaderInfo, ElectionError> {
+        self.inner.election.wait_for_leader().await
+    }
+
+    /// Gives up leadership, if this member leads: the lock is released at once and this member
+    /// waits one lease before campaigning again (see [`Election::resign`]).
+    pub fn resign(&self) {
+        self.inner.election.resign();
     }
 
     /// The latest leadership event (see [`Election::watch`]).
@@ -520,6 +559,7 @@ impl Hedge {
         let node = self.inner.node.clone();
         let heartbeat = store::MemberHeartbeat {
             id: config.member_id.clone(),
+            incarnation: self.inner.candidate.incarnation.clone(),
             address: config.address.clone(),
             ttl: config.membership.ttl,
         };
@@ -596,57 +636,77 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Pushes this member's elections and releases to the others (fast handover): a release is
-/// announced once the election loop has stored it, so a nudged candidate finds the lock free.
+/// Pushes this member's elections and releases to the others (fast handover). A release is
+/// announced once the store confirmed it, so a nudged candidate finds the lock free.
 async fn announce_leadership(
     node: Arc<messaging::Node>,
     mut events: broadcast::Receiver<LeadershipEvent>,
     election_done: CancellationToken,
 ) {
-    const ANNOUNCE_TIMEOUT: Duration = Duration::from_millis(500);
-    let mut released = None;
-    let handle = |event: LeadershipEvent, released: &mut Option<u64>| match event {
-        LeadershipEvent::Elected { token, .. } => {
-            *released = None;
-            let node = node.clone();
-            tokio::spawn(async move {
-                let elected = messaging::announce::Announcement::Elected {
-                    id: node.me.id.clone(),
-                    token,
-                    address: node.me.address.clone(),
-                };
-                node.announce(elected, ANNOUNCE_TIMEOUT).await;
-            });
+    let mut released = node.election.released();
+    let announce_release = |token: u64| {
+        let node = node.clone();
+        async move {
+            let release = messaging::announce::Announcement::Released {
+                id: node.me.id.clone(),
+                token,
+            };
+            node.announce(release, ANNOUNCE_TIMEOUT).await;
         }
-        LeadershipEvent::Lost { token, reason, .. } => {
-            *released = (reason == LostReason::Released).then_some(token);
-        }
-        _ => {}
     };
     loop {
-        let event = tokio::select! {
-            e = events.recv() => e,
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(LeadershipEvent::Elected { token, .. }) => {
+                    let node = node.clone();
+                    // On its own task: announcing must not hold up the next event.
+                    tokio::spawn(async move {
+                        let elected = messaging::announce::Announcement::Elected {
+                            id: node.me.id.clone(),
+                            token,
+                            address: node.me.address.clone(),
+                        };
+                        node.announce(elected, ANNOUNCE_TIMEOUT).await;
+                    });
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            changed = released.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let token = *released.borrow_and_update();
+                announce_release(token).await;
+            }
             () = election_done.cancelled() => break,
-        };
-        match event {
-            Ok(event) => handle(event, &mut released),
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => break,
         }
     }
-    while let Ok(event) = events.try_recv() {
-        handle(event, &mut released);
-    }
-    if let Some(token) = released {
-        let release = messaging::announce::Announcement::Released {
-            id: node.me.id.clone(),
-            token,
-        };
-        node.announce(release, ANNOUNCE_TIMEOUT).await;
+    // The release on shutdown is stored just before the loop ends.
+    if released.has_changed().unwrap_or(false) {
+        let token = *released.borrow_and_update();
+        announce_release(token).await;
     }
 }
 
+/// How long an announcement to the other members may take at most.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A running member. Dropping it stops the member, which releases the lock and leaves the group.
+///
+/// A member stops by itself only on an error retrying cannot fix (a missing table, a database
+/// that does not exist): [`HedgeGuard::wait`] returns it. A pod should then exit non-zero, so
+/// that Kubernetes restarts it and the failure is visible:
+///
+/// ```no_run
+/// # async fn serve(member: hedge::Hedge) {
+/// let guard = member.spawn();
+/// if let Err(e) = guard.wait().await {
+///     eprintln!("hedge stopped: {e}");
+///     std::process::exit(1);
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct HedgeGuard {
     shutdown: CancellationToken,
@@ -668,7 +728,19 @@ impl HedgeGuard {
         }
     }
 
+    /// Waits until the member stops by itself, and returns why (the error retrying cannot
+    /// fix); never returns while the member runs normally.
+    pub async fn wait(mut self) -> Result<(), HedgeError> {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(ElectionError::Aborted(e.to_string()).into())),
+            None => Ok(()),
+        }
+    }
+
     /// Stops the member abruptly, as a crash would: nothing is released, the lease expires.
+    /// (In this process the term still ends visibly: its cancellation fires.)
     pub fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();

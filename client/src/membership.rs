@@ -33,7 +33,7 @@ impl Member {
     pub fn from_record(record: &MemberRecord) -> Self {
         Self {
             id: record.id.clone(),
-            incarnation: String::new(),
+            incarnation: record.incarnation.clone().unwrap_or_default(),
             address: record.address.clone(),
         }
     }
@@ -92,9 +92,7 @@ pub(crate) async fn run_member(
             Ok(Ok(rows)) => {
                 node.view
                     .refresh(rows.iter().map(Member::from_record).collect(), read_began);
-                node.metrics
-                    .members
-                    .set(i64::try_from(node.view.members().len()).unwrap_or(i64::MAX));
+                node.count_members();
             }
             Ok(Err(e)) if !e.is_transient() => return Err(e),
             Ok(Err(e)) => warn!(group, error = %e, "reading the members failed"),

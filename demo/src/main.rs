@@ -31,7 +31,7 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=50))]
         members: u16,
         /// The lease in milliseconds (renew and poll intervals are a fifth of it).
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(400..=60_000))]
         lease_ms: u64,
     },
     /// Run one member of a group configured from the environment (HEDGE_* variables).
@@ -144,7 +144,12 @@ async fn local(count: usize, lease: Duration) -> Result<(), DemoError> {
 }
 
 async fn hedge_member_ids(hedge: &Hedge) -> Result<Vec<String>, HedgeError> {
-    Ok(hedge.members_from_store().await?.into_iter().map(|m| m.id).collect())
+    Ok(hedge
+        .members_from_store()
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect())
 }
 
 /// Waits until one running member leads; returns its index and token.
@@ -180,6 +185,7 @@ async fn member() -> Result<(), DemoError> {
                     info!(token, ?reason, "lost leadership")
                 }
                 LeadershipEvent::LeaderChanged { leader } => info!(?leader, "leader changed"),
+                LeadershipEvent::Stopped { error } => tracing::error!(%error, "election stopped"),
                 LeadershipEvent::Started => {}
             }
         }

@@ -33,7 +33,6 @@
 //! writer (backpressure through the channel bound and HTTP/2 flow control).
 
 pub mod announce;
-pub mod metrics;
 mod node;
 mod routes;
 pub mod stream;
@@ -45,7 +44,6 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use metrics::MessagingMetrics;
 pub(crate) use node::Node;
 pub use stream::{PeerStream, StreamReceiver, StreamSender, StreamSession};
 

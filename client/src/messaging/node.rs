@@ -14,11 +14,11 @@ use tracing::{debug, warn};
 use super::announce::{Announce, Announcement};
 use super::stream::{self, PeerStream, StreamReceiver};
 use super::{
-    BroadcastOptions, BroadcastReply, Handlers, Message, MessagingError, MessagingMetrics, Reply,
-    SendOptions,
+    BroadcastOptions, BroadcastReply, Handlers, Message, MessagingError, Reply, SendOptions,
 };
 use crate::election::Election;
 use crate::membership::{LeaveReason, Member, MemberView};
+use crate::metrics::{GroupLabels, Metrics};
 use crate::peer::body::ResponseBody;
 use crate::peer::wire::{self, ErrorBody, ErrorKind, LeaderHint};
 use crate::peer::{PeerClient, PeerError};
@@ -47,7 +47,7 @@ pub(crate) struct Node {
     pub peers: Option<PeerClient>,
     pub handlers: Handlers,
     pub max_body_bytes: usize,
-    pub metrics: MessagingMetrics,
+    pub metrics: Arc<Metrics>,
     pushed: Mutex<PushedLeader>,
 }
 
@@ -71,7 +71,7 @@ impl Node {
         peers: Option<PeerClient>,
         handlers: Handlers,
         max_body_bytes: usize,
-        metrics: MessagingMetrics,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             group,
@@ -125,8 +125,16 @@ impl Node {
         best
     }
 
-    /// Records a leader learned by push or from a "not leader" reply.
+    /// Records a leader learned by push or from a "not leader" reply (and tells the election,
+    /// so that [`Election::leader`] reports it too).
     pub fn learn_leader(&self, hint: LeaderHint) {
+        if hint.id == self.me.id {
+            return;
+        }
+        self.election.learn_leader(crate::LeaderInfo {
+            id: hint.id.clone(),
+            token: hint.token,
+        });
         let mut pushed = self.pushed();
         if pushed.elected.as_ref().is_none_or(|p| hint.token > p.token) {
             debug!(leader = %hint.id, token = hint.token, "learned the leader by push");
@@ -136,6 +144,7 @@ impl Node {
 
     /// Records that `id` released its term `token`.
     pub fn learn_release(&self, id: &str, token: u64) {
+        self.election.learn_release(id, token);
         let mut pushed = self.pushed();
         if pushed.released.as_ref().is_none_or(|(_, t)| token > *t) {
             pushed.released = Some((id.to_owned(), token));
@@ -260,13 +269,12 @@ impl Node {
         let result = self
             .send_inner(payload, started + options.timeout, started)
             .await;
-        match &result {
-            Ok(_) => self
-                .metrics
-                .send_seconds
-                .observe(started.elapsed().as_secs_f64()),
-            Err(e) => self.metrics.send_error(e.kind()),
-        }
+        self.metrics.observe_message(
+            &self.group,
+            "send",
+            started.elapsed(),
+            result.as_ref().err(),
+        );
         result
     }
 
@@ -285,7 +293,12 @@ impl Node {
         let mut attempt = 0u32;
         loop {
             if attempt > 0 {
-                self.metrics.send_reroutes.inc();
+                self.metrics
+                    .send_reroutes
+                    .get_or_create(&GroupLabels {
+                        group: self.group.clone(),
+                    })
+                    .inc();
                 let pause = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 if Instant::now() + pause >= deadline {
@@ -439,13 +452,12 @@ impl Node {
                 deliveries.push(async move {
                     let started = Instant::now();
                     let result = node.deliver(&target, payload, deadline).await;
-                    match &result {
-                        Ok(_) => node
-                            .metrics
-                            .broadcast_seconds
-                            .observe(started.elapsed().as_secs_f64()),
-                        Err(e) => node.metrics.broadcast_error(e.kind()),
-                    }
+                    node.metrics.observe_message(
+                        &node.group,
+                        "broadcast",
+                        started.elapsed(),
+                        result.as_ref().err(),
+                    );
                     BroadcastReply {
                         member: target.id,
                         result,
@@ -627,11 +639,6 @@ impl Node {
         futures::future::join_all(calls).await;
     }
 
-    /// Makes a waiting candidate try to acquire at once.
-    fn nudge_election(&self) {
-        // Wired to `Election::nudge` once the hardened election lands.
-    }
-
     /// Applies an announcement from `sender` (already authenticated).
     pub fn receive(&self, sender: &str, announcement: Announcement) -> Result<(), ErrorBody> {
         if announcement.subject() != sender {
@@ -658,12 +665,20 @@ impl Node {
             }
             Announcement::Released { id, token } => {
                 self.learn_release(&id, token);
-                self.nudge_election();
+                self.election.nudge();
             }
         }
+        self.count_members();
+        Ok(())
+    }
+
+    /// Publishes the size of the view.
+    pub fn count_members(&self) {
         self.metrics
             .members
+            .get_or_create(&GroupLabels {
+                group: self.group.clone(),
+            })
             .set(i64::try_from(self.view.members().len()).unwrap_or(i64::MAX));
-        Ok(())
     }
 }
