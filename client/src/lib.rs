@@ -586,9 +586,26 @@ impl Hedge {
         );
         let events = self.inner.election.events();
         let election_done = CancellationToken::new();
-        let election = self.inner.election.run(stop.clone());
+        // The election stops after the member's sends in flight have drained (a graceful
+        // handover cuts no handler off), or at once when the membership loop failed.
+        let election_stop = CancellationToken::new();
+        let drain = {
+            let (node, stop, election_stop) = (node.clone(), stop.clone(), election_stop.clone());
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = election_stop.cancelled() => return,
+                }
+                // Asked to stop (not stopping because the membership loop failed).
+                if shutdown.is_cancelled() {
+                    node.drain(DRAIN_TIMEOUT).await;
+                }
+                election_stop.cancel();
+            }
+        };
+        let election = self.inner.election.run(election_stop.clone());
         // Either loop failing for good stops the other: a member is all or nothing.
-        let (members, election, ()) = tokio::join!(
+        let (members, election, (), ()) = tokio::join!(
             async {
                 let r = members.await;
                 stop.cancel();
@@ -601,6 +618,7 @@ impl Hedge {
                 r
             },
             announce_leadership(node.clone(), events, election_done.clone()),
+            drain,
         );
         server_stop.cancel();
         if let Some(server) = server.0.take()
@@ -688,6 +706,9 @@ async fn announce_leadership(
         announce_release(token).await;
     }
 }
+
+/// How long a stopping leader waits for its sends in flight before it releases its term.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long an announcement to the other members may take at most.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_millis(500);

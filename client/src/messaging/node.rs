@@ -2,12 +2,14 @@
 //! re-routing, broadcasting, opening streams, announcing.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout_at};
 use tracing::{debug, warn};
 
@@ -37,6 +39,33 @@ struct PushedLeader {
     released: Option<(String, u64)>,
 }
 
+/// Sends in flight on this member, and whether it stopped taking new ones (a graceful
+/// handover drains them before the term is released, so none is cut off by the release).
+#[derive(Debug, Default)]
+struct Drain {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one send in flight while it lives.
+struct InFlight<'a>(&'a Drain);
+
+impl<'a> InFlight<'a> {
+    fn enter(drain: &'a Drain) -> Self {
+        drain.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(drain)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// One member's messaging state, shared by the server routes and the `Hedge` handle.
 pub(crate) struct Node {
     pub group: String,
@@ -49,6 +78,7 @@ pub(crate) struct Node {
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
     pushed: Mutex<PushedLeader>,
+    drain: Drain,
 }
 
 impl std::fmt::Debug for Node {
@@ -83,6 +113,7 @@ impl Node {
             max_body_bytes,
             metrics,
             pushed: Mutex::default(),
+            drain: Drain::default(),
         }
     }
 
@@ -175,6 +206,22 @@ impl Node {
         }
     }
 
+    /// Stops taking new sends (they are answered "shutting down", so callers re-route) and
+    /// waits, at most `limit`, for the sends in flight to finish.
+    pub async fn drain(&self, limit: Duration) {
+        self.drain.draining.store(true, Ordering::SeqCst);
+        let _ = timeout_at(Instant::now() + limit, async {
+            loop {
+                let idle = self.drain.idle.notified();
+                if self.drain.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+
     /// Runs the send handler if this member leads now; the handler is dropped (after its
     /// token fires) the moment the term ends.
     pub async fn run_send(
@@ -189,6 +236,15 @@ impl Node {
                 format!("member {} has no send handler", self.me.id),
             ));
         };
+        // Counted before the drain flag is read: a drain that sets the flag and then sees no
+        // send in flight can never miss one that got past the check.
+        let _in_flight = InFlight::enter(&self.drain);
+        if self.drain.draining.load(Ordering::SeqCst) {
+            return Err(ErrorBody::new(
+                ErrorKind::ShuttingDown,
+                format!("member {} is handing over its term", self.me.id),
+            ));
+        }
         let Some(term) = self.election.term() else {
             return Err(self.not_leader());
         };
@@ -326,7 +382,7 @@ impl Node {
                             payload: reply,
                         });
                     }
-                    Err(e) if e.kind == ErrorKind::NotLeader => {
+                    Err(e) if matches!(e.kind, ErrorKind::NotLeader | ErrorKind::ShuttingDown) => {
                         last = Some(e.message);
                         continue;
                     }
