@@ -134,20 +134,12 @@ pub async fn run(args: Args) -> Result<(), BenchError> {
         progress(args.json, "crash failover", trial, args.trials);
     }
 
+    // Graceful handover between two full members with the peer transport: the leader shuts
+    // down, releases, and tells the other member, whose election tries at once (no poll wait).
     let mut handover = Vec::new();
     for trial in 0..args.trials {
-        let key = LockKey::new("bench", format!("handover-{trial}"));
-        let mut members = start(&backend, &key, timings, 2)?;
-        let leader = wait_for_leader(&members, bound, trial).await?;
-        // Let the candidate settle into its polling, as a long-running candidate would be.
-        tokio::time::sleep(timings.poll_interval).await;
-        let released_at = Instant::now();
-        let (_, guard) = members.remove(leader);
-        // A failed release just shows up as a longer handover (the lease expires instead).
-        let _ = guard.shutdown().await;
-        wait_for_leader(&members, bound, trial).await?;
-        handover.push(ms(released_at.elapsed()));
-        stop(members).await;
+        let stores = [backend.stores[0].clone(), backend.stores[1].clone()];
+        handover.push(crate::messaging::graceful_handover(stores, timings, trial, bound).await?);
         progress(args.json, "graceful handover", trial, args.trials);
     }
 

@@ -302,6 +302,55 @@ pub async fn run(args: Args) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// One graceful handover between two members with the peer transport: milliseconds from the
+/// leader's shutdown until the other member leads (release, announcement, nudged acquire).
+pub(crate) async fn graceful_handover(
+    stores: [Arc<dyn Store>; 2],
+    timings: ElectionTimings,
+    trial: u32,
+    bound: Duration,
+) -> Result<f64, BenchError> {
+    let group = format!("bench-handover-{trial}");
+    let mut members = Vec::new();
+    for (i, store) in stores.into_iter().enumerate() {
+        members.push(start(store, &group, &format!("m{i}"), timings).await?);
+    }
+    let converged = timeout(bound, async {
+        loop {
+            let leaders = members.iter().filter(|m| m.hedge.is_leader()).count();
+            let views = members.iter().all(|m| m.hedge.members().len() == 2);
+            let known = members.iter().all(|m| m.hedge.leader().is_some());
+            if leaders == 1 && views && known {
+                return;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    converged.map_err(|_| BenchError::NoLeader(bound, trial))?;
+    // Let the candidate settle into its polling, as a long-running candidate would be.
+    sleep(timings.poll_interval).await;
+    let leader = members
+        .iter()
+        .position(|m| m.hedge.is_leader())
+        .ok_or(BenchError::NoLeader(bound, trial))?;
+    let old = members.remove(leader);
+    let released_at = Instant::now();
+    let shutdown = tokio::spawn(old.guard.shutdown(Duration::from_secs(5)));
+    let next = &members[0].hedge;
+    timeout(bound, async {
+        while !next.is_leader() {
+            sleep(Duration::from_micros(200)).await;
+        }
+    })
+    .await
+    .map_err(|_| BenchError::NoLeader(bound, trial))?;
+    let elapsed = released_at.elapsed().as_secs_f64() * 1e3;
+    let _ = shutdown.await;
+    stop(members).await;
+    Ok(elapsed)
+}
+
 fn progress(json: bool, what: &str) {
     if !json {
         eprintln!("{what}: done");
