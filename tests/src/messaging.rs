@@ -249,7 +249,6 @@ pub async fn sends_during_failover_run_at_most_once(
         }
     };
     let mut members = start_group(backend, params, 3, &configure).await;
-    let mut next_id = 3;
     let mut outcomes: Vec<(String, Result<(), String>, bool)> = Vec::new();
     for round in 0..rounds {
         let leader = wait_for_leader(&members, params.election.lease * 4 + params.slack).await;
@@ -291,8 +290,8 @@ pub async fn sends_during_failover_run_at_most_once(
             Failover::Graceful => members[leader].shutdown().await,
         }
         // Replace the departed member so the group keeps three.
-        members.push(start_member(backend, params, &format!("m{next_id}"), &configure).await);
-        next_id += 1;
+        let replacement = format!("m{}", 3 + round);
+        members.push(start_member(backend, params, &replacement, &configure).await);
         let new_leader = wait_for_leader(&members, params.election.lease * 4 + params.slack).await;
         assert_ne!(members[new_leader].hedge.member_id(), old);
         // Let sends flow under the new leader for a moment.

@@ -451,7 +451,7 @@ impl Node {
                 options
                     .only
                     .as_ref()
-                    .is_none_or(|only| only.iter().any(|id| *id == m.id))
+                    .is_none_or(|only| only.contains(&m.id))
             })
             .cloned()
             .collect();
@@ -460,7 +460,7 @@ impl Node {
             && options
                 .only
                 .as_ref()
-                .is_none_or(|only| only.iter().any(|id| *id == self.me.id))
+                .is_none_or(|only| only.contains(&self.me.id))
         {
             // This member is always in its own group, even before its first refresh.
             targets.push(self.me.clone());
@@ -470,7 +470,7 @@ impl Node {
             .iter()
             .flatten()
             .filter(|id| {
-                !targets.iter().any(|m| &m.id == *id) && !(options.skip_self && **id == self.me.id)
+                !(targets.iter().any(|m| &m.id == *id) || (options.skip_self && **id == self.me.id))
             })
             .map(|id| BroadcastReply {
                 member: id.clone(),
