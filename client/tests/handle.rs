@@ -229,7 +229,10 @@ async fn a_restarted_member_with_the_same_id_waits_for_its_old_lease() {
         match event {
             LeadershipEvent::Elected { .. } => elected = true,
             LeadershipEvent::LeaderChanged { leader: Some(l) } if l.id == "pod-a" => {
-                assert!(elected, "LeaderChanged named this member before it was elected");
+                assert!(
+                    elected,
+                    "LeaderChanged named this member before it was elected"
+                );
                 assert_eq!(l.token, term.token);
             }
             _ => {}
@@ -237,4 +240,3 @@ async fn a_restarted_member_with_the_same_id_waits_for_its_old_lease() {
     }
     assert!(elected);
 }
-
