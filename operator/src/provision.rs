@@ -12,20 +12,16 @@ use hedge::store::TableNames;
 /// A Spanner call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    /// Spanner could not be reached or timed out; retrying later may succeed.
-    #[error("Spanner is unavailable while {step}: {message}")]
-    Unavailable {
+    /// A Spanner call failed; `reason` says why in a word (the client's error class).
+    #[error("Spanner failed while {step}: {message}")]
+    Spanner {
         /// What was being done.
         step: &'static str,
-        /// What failed.
-        message: String,
-    },
-    /// The database does not exist, or the request is wrong in a way retrying will not fix.
-    #[error("Spanner rejected {step}: {message}")]
-    Rejected {
-        /// What was being done.
-        step: &'static str,
-        /// What failed.
+        /// The condition and metric reason: `SpannerUnavailable`, `SpannerTimeout`,
+        /// `PermissionDenied`, `DatabaseNotFound`, `MissingTable`, `SchemaMismatch`,
+        /// `SpannerRejected`, ...
+        reason: &'static str,
+        /// What failed, in full (logs and events; never a condition message).
         message: String,
     },
     /// The tables are at a schema version newer than this operator knows.
@@ -44,10 +40,30 @@ impl ProvisionError {
     /// The condition and metric reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProvisionError::Unavailable { .. } => "SpannerUnavailable",
-            ProvisionError::Rejected { .. } => "SpannerRejected",
+            ProvisionError::Spanner { reason, .. } => reason,
             ProvisionError::TooNew { .. } => "SchemaTooNew",
         }
+    }
+
+    /// A stable one-line summary for condition messages: the step and the reason, without the
+    /// error's varying text (a status that changes on every failure would defeat the backoff).
+    pub fn summary(&self) -> String {
+        match self {
+            ProvisionError::Spanner { step, reason, .. } => {
+                format!("Spanner failed while {step} ({reason}); see the operator's events and logs")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the database (or its instance) does not exist: then there is nothing to clean up.
+    pub fn is_database_missing(&self) -> bool {
+        self.reason() == "DatabaseNotFound"
+    }
+
+    /// Whether a table of the set does not exist: then the schema must be provisioned.
+    pub fn is_missing_table(&self) -> bool {
+        self.reason() == "MissingTable"
     }
 }
 
@@ -73,28 +89,33 @@ pub struct Leader {
     pub since: SystemTime,
 }
 
-/// A group's state as its lock and member tables show it.
+/// A group's state as its tables show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupState {
     /// The live leader, `None` when the leader lock is free or was never granted.
     pub leader: Option<Leader>,
     /// The number of live members.
     pub members: usize,
+    /// The schema version recorded for the table set, `None` when there is no record.
+    pub schema_version: Option<i64>,
 }
 
 /// The operator's Spanner calls. Every method is idempotent.
 #[async_trait]
 pub trait Provisioner: Send + Sync + 'static {
-    /// Creates the missing tables and upgrades an older schema; reads and changes nothing else
-    /// when the schema is current (it compares the database's tables with the client crate's
-    /// migrations first), so it runs on every reconcile and also repairs dropped tables.
+    /// Creates the missing tables and upgrades an older schema; changes nothing when the schema
+    /// is current (it compares the database's tables with the client crate's migrations first).
+    /// The controller calls it for a new generation, a schema version other than its own, or a
+    /// missing table, not on every resync.
     async fn ensure_schema(
         &self,
         db: &DatabasePath,
         tables: &TableNames,
     ) -> Result<SchemaOutcome, ProvisionError>;
 
-    /// The leader and the member count of `group`. Read-only.
+    /// The leader, the member count of `group` and the schema version of the table set, in one
+    /// read: an unchanged group costs this one Spanner call per reconcile. A missing table fails
+    /// with reason `MissingTable`. Read-only.
     async fn group_state(
         &self,
         db: &DatabasePath,
@@ -124,4 +145,7 @@ pub trait Provisioner: Send + Sync + 'static {
         db: &DatabasePath,
         tables: &TableNames,
     ) -> Result<(), ProvisionError>;
+
+    /// Forgets any connection kept for `db` and `tables` (after a group's clean-up).
+    async fn evict(&self, db: &DatabasePath, tables: &TableNames);
 }

@@ -4,22 +4,38 @@
 //! Workload Identity through the metadata server), or `SPANNER_EMULATOR_HOST`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hedge::DatabasePath;
 use hedge::store::schema::{self, SchemaError};
 use hedge::store::spanner::SpannerOptions;
 use hedge::store::{LockKey, SpannerStore, Store, StoreError, TableNames};
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 use crate::provision::{GroupState, Leader, ProvisionError, Provisioner, SchemaOutcome};
 
+type Key = (DatabasePath, TableNames);
+
+/// One database and table set: its store, connected once, and the schema version last ensured.
+#[derive(Debug, Default)]
+struct Cell {
+    store: OnceCell<SpannerStore>,
+    schema_version: Mutex<Option<i64>>,
+}
+
 /// The provisioner on Cloud Spanner. Keeps one store (one client and session) per database and
 /// table set, so a status refresh does not open a new session every time.
+///
+/// Each database has a cell of its own: the map is locked only to find the cell, and a connect
+/// (up to the connect timeout) holds only its own cell, so one unreachable database never stalls
+/// the reconciles of the others. A failed connect leaves the cell empty (the next call tries
+/// again); a connected store is kept across errors (the client reconnects by itself) and
+/// evicted only when its group is cleaned up.
 #[derive(Debug, Default)]
 pub struct SpannerProvisioner {
     options: SpannerOptions,
-    stores: Mutex<HashMap<(DatabasePath, TableNames), SpannerStore>>,
+    cells: Mutex<HashMap<Key, Arc<Cell>>>,
 }
 
 impl SpannerProvisioner {
@@ -27,58 +43,66 @@ impl SpannerProvisioner {
     pub fn new(options: SpannerOptions) -> Self {
         Self {
             options,
-            stores: Mutex::default(),
+            cells: Mutex::default(),
         }
+    }
+
+    fn cell(&self, db: &DatabasePath, tables: &TableNames) -> Arc<Cell> {
+        self.cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((db.clone(), tables.clone()))
+            .or_default()
+            .clone()
     }
 
     async fn store(
         &self,
         db: &DatabasePath,
         tables: &TableNames,
-    ) -> Result<SpannerStore, ProvisionError> {
-        let key = (db.clone(), tables.clone());
-        let mut stores = self.stores.lock().await;
-        if let Some(store) = stores.get(&key) {
-            return Ok(store.clone());
-        }
-        let store = SpannerStore::connect(db, tables.clone(), &self.options)
+    ) -> Result<(Arc<Cell>, SpannerStore), ProvisionError> {
+        let cell = self.cell(db, tables);
+        let store = cell
+            .store
+            .get_or_try_init(|| SpannerStore::connect(db, tables.clone(), &self.options))
             .await
-            .map_err(store_error("connecting"))?;
-        stores.insert(key, store.clone());
-        Ok(store)
+            .map_err(store_error("connecting"))?
+            .clone();
+        Ok((cell, store))
     }
+}
 
-    /// Forgets the store of `db` and `tables` (after its tables were dropped, or it failed).
-    async fn forget(&self, db: &DatabasePath, tables: &TableNames) {
-        self.stores
-            .lock()
-            .await
-            .remove(&(db.clone(), tables.clone()));
+/// The reason of a store error, for conditions and metrics.
+fn store_reason(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Unavailable { .. } => "SpannerUnavailable",
+        StoreError::Timeout(_) => "SpannerTimeout",
+        StoreError::MissingTable { .. } => "MissingTable",
+        StoreError::InvalidDatabase(_) => "DatabaseNotFound",
+        StoreError::Corrupt { .. } => "SchemaMismatch",
+        StoreError::Backend { .. } => "SpannerError",
     }
 }
 
 fn store_error(step: &'static str) -> impl Fn(StoreError) -> ProvisionError {
-    move |e| {
-        let message = e.to_string();
-        if e.is_transient() {
-            ProvisionError::Unavailable { step, message }
-        } else {
-            ProvisionError::Rejected { step, message }
-        }
+    move |e| ProvisionError::Spanner {
+        step,
+        reason: store_reason(&e),
+        message: e.to_string(),
     }
 }
 
 fn schema_error(step: &'static str) -> impl Fn(SchemaError) -> ProvisionError {
     move |e| match e {
         SchemaError::TooNew { found, supported } => ProvisionError::TooNew { found, supported },
-        // The admin API's failures (unreachable, permission, a missing database) all arrive as
-        // text; retrying with backoff is right for the first and harmless for the others.
-        SchemaError::Spanner { .. } => ProvisionError::Unavailable {
+        SchemaError::Spanner { .. } => ProvisionError::Spanner {
             step,
+            reason: "SpannerError",
             message: e.to_string(),
         },
-        other => ProvisionError::Rejected {
+        other => ProvisionError::Spanner {
             step,
+            reason: "SpannerRejected",
             message: other.to_string(),
         },
     }
@@ -93,15 +117,15 @@ impl Provisioner for SpannerProvisioner {
     ) -> Result<SchemaOutcome, ProvisionError> {
         // On the cached store's own connection: a resync every few seconds per group must not
         // open a new client each time.
-        let store = self.store(db, tables).await?;
-        let report = match store.ensure_schema().await {
-            Ok(report) => report,
-            Err(e) => {
-                // A broken session (or a reconnect after an outage) gets a fresh store next time.
-                self.forget(db, tables).await;
-                return Err(schema_error("provisioning the schema")(e));
-            }
-        };
+        let (cell, store) = self.store(db, tables).await?;
+        let report = store
+            .ensure_schema()
+            .await
+            .map_err(schema_error("provisioning the schema"))?;
+        *cell
+            .schema_version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report.version_after);
         Ok(SchemaOutcome {
             version_before: report.version_before,
             version_after: report.version_after,
@@ -115,31 +139,28 @@ impl Provisioner for SpannerProvisioner {
         tables: &TableNames,
         group: &str,
     ) -> Result<GroupState, ProvisionError> {
-        let store = self.store(db, tables).await?;
-        let result = async {
-            let lock = store
-                .lock_state(&LockKey::new(group, LockKey::LEADER))
-                .await
-                .map_err(store_error("reading the leader lock"))?;
-            let members = store
-                .list_members(group)
-                .await
-                .map_err(store_error("reading the members"))?;
-            Ok(GroupState {
-                leader: lock.and_then(|l| l.holder).map(|h| Leader {
-                    id: h.id,
-                    token: h.token,
-                    since: h.since,
-                }),
-                members: members.len(),
-            })
-        }
-        .await;
-        if result.is_err() {
-            // A broken session (or a reconnect after an outage) gets a fresh store next time.
-            self.forget(db, tables).await;
-        }
-        result
+        let (cell, store) = self.store(db, tables).await?;
+        let lock = store
+            .lock_state(&LockKey::new(group, LockKey::LEADER))
+            .await
+            .map_err(store_error("reading the leader lock"))?;
+        let members = store
+            .list_members(group)
+            .await
+            .map_err(store_error("reading the members"))?;
+        let schema_version = *cell
+            .schema_version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(GroupState {
+            leader: lock.and_then(|l| l.holder).map(|h| Leader {
+                id: h.id,
+                token: h.token,
+                since: h.since,
+            }),
+            members: members.len(),
+            schema_version,
+        })
     }
 
     async fn delete_group_rows(
@@ -148,7 +169,7 @@ impl Provisioner for SpannerProvisioner {
         tables: &TableNames,
         group: &str,
     ) -> Result<(), ProvisionError> {
-        let store = self.store(db, tables).await?;
+        let (_, store) = self.store(db, tables).await?;
         match store.delete_group(group).await {
             Ok(_) | Err(StoreError::MissingTable { .. }) => Ok(()),
             Err(e) => Err(store_error("deleting the group's rows")(e)),
@@ -160,7 +181,7 @@ impl Provisioner for SpannerProvisioner {
         db: &DatabasePath,
         tables: &TableNames,
     ) -> Result<Option<BTreeSet<String>>, ProvisionError> {
-        let store = self.store(db, tables).await?;
+        let (_, store) = self.store(db, tables).await?;
         match store.groups().await {
             Ok(groups) => Ok(Some(groups)),
             // No tables, no other group: nothing to protect.
@@ -174,11 +195,18 @@ impl Provisioner for SpannerProvisioner {
         db: &DatabasePath,
         tables: &TableNames,
     ) -> Result<(), ProvisionError> {
-        self.forget(db, tables).await;
         schema::drop_schema(db, tables, &self.options)
             .await
             .map_err(schema_error("dropping the tables"))?;
+        self.evict(db, tables).await;
         Ok(())
+    }
+
+    async fn evict(&self, db: &DatabasePath, tables: &TableNames) {
+        self.cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(db.clone(), tables.clone()));
     }
 }
 

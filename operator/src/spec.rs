@@ -11,7 +11,12 @@ use hedge::{Config, ElectionTimings, MembershipTimings};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{DeletionPolicy, DeploymentTarget, ElectionSpec, HedgeGroup, MembershipSpec};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{
+    CONFIRM_DROP_TABLES_ANNOTATION, DeletionPolicy, DeploymentTarget, ElectionSpec, HedgeGroup,
+    MembershipSpec, SKIP_CLEANUP_ANNOTATION,
+};
 
 /// The longest Kubernetes object name (a DNS subdomain).
 const MAX_OBJECT_NAME: usize = 253;
@@ -112,6 +117,12 @@ pub struct ValidGroup {
     pub network_policy_enabled: bool,
     /// The deletion policy.
     pub deletion_policy: DeletionPolicy,
+    /// `hedge.dev/skip-cleanup: "true"`: delete without touching Spanner.
+    pub skip_cleanup: bool,
+    /// `hedge.dev/confirm-drop-tables: "true"`: `DropTables` may drop the tables.
+    pub drop_tables_confirmed: bool,
+    /// The field manager of this group's fields in its Deployment ([`field_manager`]).
+    pub field_manager: String,
 }
 
 impl ValidGroup {
@@ -125,6 +136,36 @@ impl ValidGroup {
 /// two HedgeGroups, so that one group's deletion policy never touches another's rows.
 pub fn group_name(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
+}
+
+/// The longest field manager name the API server accepts.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The field manager of group `<namespace>/<name>` in its Deployment:
+/// `hedge-operator/<namespace>.<name>`, or, when that is longer than the API server accepts, its
+/// first characters and a hash of the whole. One per group, so that two groups never share (and
+/// silently take over) each other's fields.
+pub fn field_manager(namespace: &str, name: &str) -> String {
+    let full = format!("{}/{namespace}.{name}", crate::crd::FIELD_MANAGER);
+    if full.len() <= MAX_FIELD_MANAGER {
+        return full;
+    }
+    let digest = Sha256::digest(full.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_FIELD_MANAGER - hash.len() - 1;
+    let mut prefix = full;
+    while prefix.len() > keep {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash}")
+}
+
+fn annotation_is_true(hg: &HedgeGroup, key: &str) -> bool {
+    hg.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// Checks every rule of the spec and resolves defaults.
@@ -190,8 +231,6 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
     }
 
     Ok(ValidGroup {
-        name,
-        namespace,
         generation: hg.meta().generation,
         owner,
         group,
@@ -205,6 +244,11 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
         network_policy,
         network_policy_enabled,
         deletion_policy: spec.deletion_policy,
+        skip_cleanup: annotation_is_true(hg, SKIP_CLEANUP_ANNOTATION),
+        drop_tables_confirmed: annotation_is_true(hg, CONFIRM_DROP_TABLES_ANNOTATION),
+        field_manager: field_manager(&namespace, &name),
+        name,
+        namespace,
     })
 }
 
