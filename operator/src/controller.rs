@@ -266,15 +266,11 @@ pub async fn reconcile(hg: Arc<HedgeGroup>, ctx: Arc<Context>) -> Result<Action,
             Err(e) => {
                 let report = carried_report(hg.status.as_ref(), hg.meta().generation)
                     .failed("CleanupFailed", &e.summary());
+                // The status transition publishes the `CleanupFailed` event; the full error goes
+                // to the log (error_policy).
                 if let Err(status_error) = write_status(&ctx, &hg, &report).await {
                     warn!("could not record the failure in the status: {status_error}");
                 }
-                publish(
-                    &ctx,
-                    &hg,
-                    &cleanup_event(EventType::Warning, "CleanupFailed", e.to_string()),
-                )
-                .await;
                 return Err(e);
             }
         }

@@ -30,6 +30,8 @@ pub mod watches;
 
 #[cfg(test)]
 pub mod fixtures;
+#[cfg(test)]
+mod reconcile_tests;
 
 pub use controller::{Context, Error, error_policy, reconcile};
 pub use crd::{HedgeGroup, HedgeGroupSpec, HedgeGroupStatus};

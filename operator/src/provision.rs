@@ -50,7 +50,7 @@ impl ProvisionError {
     pub fn summary(&self) -> String {
         match self {
             ProvisionError::Spanner { step, reason, .. } => {
-                format!("Spanner failed while {step} ({reason}); see the operator's events and logs")
+                format!("Spanner failed while {step} ({reason}); the operator's log has the error")
             }
             other => other.to_string(),
         }

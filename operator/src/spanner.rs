@@ -225,7 +225,7 @@ mod tests {
     use super::SpannerProvisioner;
     use crate::conditions::{self, READY};
     use crate::controller::{Context, Settings, reconcile};
-    use crate::crd::{DeletionPolicy, HedgeGroup};
+    use crate::crd::{CONFIRM_DROP_TABLES_ANNOTATION, DeletionPolicy, HedgeGroup};
     use crate::fixtures::{ApiServerVerifier, NS};
     use crate::metrics::Metrics;
     use crate::provision::Provisioner;
@@ -301,6 +301,7 @@ mod tests {
         api.seed(&hg);
 
         let start = Instant::now();
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -338,6 +339,7 @@ mod tests {
         }
 
         api.clear_log();
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -356,6 +358,7 @@ mod tests {
 
         api.clear_log();
         let start = Instant::now();
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -403,7 +406,12 @@ mod tests {
         let mut hg = HedgeGroup::test("orders").finalized().deleting();
         hg.spec.database = db.to_string();
         hg.spec.deletion_policy = DeletionPolicy::DropTables;
+        hg.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CONFIRM_DROP_TABLES_ANNOTATION.into(), "true".into());
         api.seed(&hg);
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -421,7 +429,7 @@ mod tests {
             jobs.is_some(),
             "another group's rows stay, and so do the tables"
         );
-        assert_eq!(api.group("orders").metadata.finalizers, Some(vec![]));
+        assert!(!api.has_group("orders"), "the finalizer went, and the group with it");
 
         // Dropping the tables themselves (what DropTables does once nothing else uses them).
         provisioner
@@ -462,7 +470,12 @@ mod tests {
         let mut hg = HedgeGroup::test("orders").finalized().deleting();
         hg.spec.database = db.to_string();
         hg.spec.deletion_policy = DeletionPolicy::DropTables;
+        hg.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CONFIRM_DROP_TABLES_ANNOTATION.into(), "true".into());
         api.seed(&hg);
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -473,6 +486,6 @@ mod tests {
             matches!(gone, Err(hedge::StoreError::MissingTable { .. })),
             "the only group's tables are dropped: {gone:?}"
         );
-        assert_eq!(api.group("orders").metadata.finalizers, Some(vec![]));
+        assert!(!api.has_group("orders"), "the finalizer went, and the group with it");
     }
 }
