@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn prefixes_match_whole_path_segments_per_namespace() {
-        let allow = list(&["team-a=projects/p/instances/i", "*=projects/shared/instances/s/databases/d"]);
+        let allow = list(&[
+            "team-a=projects/p/instances/i",
+            "*=projects/shared/instances/s/databases/d",
+        ]);
         assert!(allow.allows("team-a", "projects/p/instances/i/databases/orders"));
         assert!(!allow.allows("team-a", "projects/p/instances/i2/databases/orders"));
         assert!(!allow.allows("team-b", "projects/p/instances/i/databases/orders"));
@@ -109,7 +112,10 @@ mod tests {
             assert!(bad.parse::<AllowEntry>().is_err(), "{bad}");
         }
         assert_eq!(
-            "team-a=projects/p/".parse::<AllowEntry>().unwrap().to_string(),
+            "team-a=projects/p/"
+                .parse::<AllowEntry>()
+                .unwrap()
+                .to_string(),
             "team-a=projects/p"
         );
     }

@@ -122,7 +122,11 @@ pub async fn apply(client: &Client, v: &ValidGroup, plan: &Plan) -> Result<(), A
         // Not forced: a field another manager owns (a variable the user defines) is a conflict
         // to report, never a value to take over.
         Api::<Deployment>::namespaced(client.clone(), ns)
-            .patch(name, &PatchParams::apply(&v.field_manager), &Patch::Apply(body))
+            .patch(
+                name,
+                &PatchParams::apply(&v.field_manager),
+                &Patch::Apply(body),
+            )
             .await
             .map_err(kube_error("apply", "Deployment", name))?;
     }
@@ -131,7 +135,11 @@ pub async fn apply(client: &Client, v: &ValidGroup, plan: &Plan) -> Result<(), A
 
 /// Gives fields of Deployments back, each under its field manager. A Deployment that is gone
 /// needs nothing.
-pub async fn release(client: &Client, namespace: &str, releases: &[Release]) -> Result<(), ApplyError> {
+pub async fn release(
+    client: &Client,
+    namespace: &str,
+    releases: &[Release],
+) -> Result<(), ApplyError> {
     let api = Api::<Deployment>::namespaced(client.clone(), namespace);
     for r in releases {
         // Forced: the fields are the manager's own; nothing of another manager changes.

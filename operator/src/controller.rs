@@ -108,10 +108,16 @@ impl Error {
             | Error::Apply(ApplyError::Provision(e))
             | Error::Provision(e) => e.summary(),
             Error::Status { name, source } => {
-                format!("failed to write the status of `{name}` ({})", http_code(source))
+                format!(
+                    "failed to write the status of `{name}` ({})",
+                    http_code(source)
+                )
             }
             Error::Finalizer { verb, name, source } => {
-                format!("failed to {verb} the finalizer of `{name}` ({})", http_code(source))
+                format!(
+                    "failed to {verb} the finalizer of `{name}` ({})",
+                    http_code(source)
+                )
             }
             Error::MissingNamespace => self.to_string(),
         }
@@ -377,8 +383,12 @@ async fn reconcile_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error
             }
         );
         info!("{message}");
-        write_status(ctx, hg, &Report::invalid(old, generation, "DatabaseNotAllowed", &message))
-            .await?;
+        write_status(
+            ctx,
+            hg,
+            &Report::invalid(old, generation, "DatabaseNotAllowed", &message),
+        )
+        .await?;
         return Ok(Action::await_change());
     }
     match converge(&v, hg, ctx).await {
@@ -441,7 +451,10 @@ async fn converge(v: &ValidGroup, hg: &HedgeGroup, ctx: &Context) -> Result<Repo
                             .await?,
                     );
                 }
-                (schema_ready(outcome.version_after), Some(outcome.version_after))
+                (
+                    schema_ready(outcome.version_after),
+                    Some(outcome.version_after),
+                )
             }
             // Members of a newer hedge own these tables; this operator leaves them alone.
             Err(e @ ProvisionError::TooNew { found, .. }) => (
@@ -659,7 +672,12 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error>
             // Nothing can be cleaned up from a spec that names no usable database; keeping the
             // finalizer would only block the deletion forever.
             let note = format!("the deletion policy was not applied: {invalid}");
-            publish(ctx, hg, &cleanup_event(EventType::Warning, "CleanupSkipped", note)).await;
+            publish(
+                ctx,
+                hg,
+                &cleanup_event(EventType::Warning, "CleanupSkipped", note),
+            )
+            .await;
             return Ok(Cleanup::Done);
         }
     };
@@ -701,11 +719,17 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error>
             .await
         {
             Err(e) if e.is_database_missing() => {
-                format!("the database {} does not exist: nothing to clean up", v.database)
+                format!(
+                    "the database {} does not exist: nothing to clean up",
+                    v.database
+                )
             }
             Err(e) if e.is_missing_table() => {
                 provisioner.evict(&v.database, &v.tables).await;
-                format!("the tables of group {} do not exist: nothing to clean up", v.group)
+                format!(
+                    "the tables of group {} do not exist: nothing to clean up",
+                    v.group
+                )
             }
             Err(e) => return Err(e.into()),
             Ok(state) if state.members > 0 => {
@@ -742,7 +766,12 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error>
         }
     };
     info!("{note}");
-    publish(ctx, hg, &cleanup_event(EventType::Normal, "CleanedUp", note)).await;
+    publish(
+        ctx,
+        hg,
+        &cleanup_event(EventType::Normal, "CleanedUp", note),
+    )
+    .await;
     Ok(Cleanup::Done)
 }
 

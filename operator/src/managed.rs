@@ -144,8 +144,7 @@ pub fn other_owners(meta: &ObjectMeta, path: &[String], except: &str) -> Vec<Str
 pub fn has_manager(meta: &ObjectMeta, manager: &str) -> bool {
     meta.managed_fields.iter().flatten().any(|e| {
         e.manager.as_deref() == Some(manager)
-            && e
-                .fields_v1
+            && e.fields_v1
                 .as_ref()
                 .is_some_and(|f| !FieldSet::from_fields_v1(&f.0).is_empty())
     })
@@ -200,7 +199,13 @@ pub fn applied_fields(body: &Value, schema: Schema<'_>) -> FieldSet {
                 }
                 continue;
             }
-            walk(v, &mut vec![format!("f:{k}")], &mut vec![k.as_str()], schema, &mut out);
+            walk(
+                v,
+                &mut vec![format!("f:{k}")],
+                &mut vec![k.as_str()],
+                schema,
+                &mut out,
+            );
         }
     }
     FieldSet(out)

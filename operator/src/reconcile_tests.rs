@@ -49,7 +49,12 @@ async fn reconcile_stored(
 }
 
 /// Reconciles until a reconcile writes nothing (at most `limit` times); returns how many ran.
-async fn settle(ctx: &Arc<Context>, api: &ApiServerVerifier, names: &[&str], limit: usize) -> usize {
+async fn settle(
+    ctx: &Arc<Context>,
+    api: &ApiServerVerifier,
+    names: &[&str],
+    limit: usize,
+) -> usize {
     for round in 1..=limit {
         api.clear_log();
         for name in names {
@@ -220,7 +225,10 @@ async fn a_new_group_is_provisioned_and_its_status_patched_ready() {
         assert_eq!(c["status"], value, "{type_}: {status:#}");
         assert_eq!(c["observedGeneration"], 1);
     }
-    assert_eq!(status["schemaVersion"], hedge::store::schema::SCHEMA_VERSION);
+    assert_eq!(
+        status["schemaVersion"],
+        hedge::store::schema::SCHEMA_VERSION
+    );
     assert_eq!(event_reasons(&api), ["SchemaProvisioned", "Ready"]);
 }
 
@@ -301,7 +309,10 @@ async fn a_referenced_deployment_gets_one_env_item_per_variable_and_never_its_en
     );
     let body = applied.body.unwrap();
     assert!(body["metadata"]["resourceVersion"].is_string(), "{body:#}");
-    assert_eq!(body["metadata"]["annotations"][CLAIM_ANNOTATION], "testns/orders");
+    assert_eq!(
+        body["metadata"]["annotations"][CLAIM_ANNOTATION],
+        "testns/orders"
+    );
     let app = container(&body, "app");
     assert_eq!(app.get("envFrom"), None, "envFrom stays the user's");
     assert_eq!(app.get("image"), None, "only the operator's fields");
@@ -311,7 +322,10 @@ async fn a_referenced_deployment_gets_one_env_item_per_variable_and_never_its_en
         group["valueFrom"],
         json!({"configMapKeyRef": {"name": "orders-hedge-config", "key": "HEDGE_GROUP"}})
     );
-    let secret = env.iter().find(|e| e["name"] == "HEDGE_GROUP_SECRET").unwrap();
+    let secret = env
+        .iter()
+        .find(|e| e["name"] == "HEDGE_GROUP_SECRET")
+        .unwrap();
     assert_eq!(
         secret["valueFrom"],
         json!({"secretKeyRef": {"name": "orders-hedge-secret", "key": "HEDGE_GROUP_SECRET"}})
@@ -328,13 +342,20 @@ async fn a_referenced_deployment_gets_one_env_item_per_variable_and_never_its_en
         container(&d, "app")["envFrom"],
         json!([{"configMapRef": {"name": "app-settings"}}])
     );
-    assert_eq!(env_names(&d, "app")[0], "RUST_LOG", "the user's own variable stays");
+    assert_eq!(
+        env_names(&d, "app")[0],
+        "RUST_LOG",
+        "the user's own variable stays"
+    );
     assert_eq!(api.rollouts("web"), 1);
 
     api.clear_log();
     reconcile_stored(&ctx, &api, "orders").await.unwrap();
     assert_eq!(api.writes(), Vec::<String>::new());
-    assert_eq!(api.group("orders").status.unwrap().deployment.as_deref(), Some("web"));
+    assert_eq!(
+        api.group("orders").status.unwrap().deployment.as_deref(),
+        Some("web")
+    );
 }
 
 #[tokio::test]
@@ -348,12 +369,21 @@ async fn the_owners_next_apply_keeps_the_hedge_variables_and_causes_no_second_ro
     // owner's manifest again, with a change of its own.
     let mut manifest = fixtures::deployment_manifest("web");
     manifest["spec"]["replicas"] = json!(5);
-    api.apply_as("kustomize-controller", &manifest, true).unwrap();
+    api.apply_as("kustomize-controller", &manifest, true)
+        .unwrap();
     let after = deployment(&api, "web");
-    assert_eq!(hedge_vars(&after, "app"), vars, "the HEDGE_* variables stay");
+    assert_eq!(
+        hedge_vars(&after, "app"),
+        vars,
+        "the HEDGE_* variables stay"
+    );
     assert_eq!(api.rollouts("web"), 1, "no rollout from the owner's apply");
 
-    assert_eq!(settle(&ctx, &api, &["orders"], 3).await, 1, "nothing to write back");
+    assert_eq!(
+        settle(&ctx, &api, &["orders"], 3).await,
+        1,
+        "nothing to write back"
+    );
     assert_eq!(api.rollouts("web"), 1, "exactly one rollout in all");
 }
 
@@ -367,8 +397,14 @@ async fn two_groups_on_one_deployment_converge_with_zero_rollouts_after_the_firs
     settle(&ctx, &api, &["orders", "billing"], 6).await;
     assert_eq!(api.rollouts("web"), 1);
     let (status, reason, message) = condition(&api, "billing", CONFIG_READY);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "DeploymentClaimed"));
-    assert!(message.contains("claimed by HedgeGroup testns/orders"), "{message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DeploymentClaimed")
+    );
+    assert!(
+        message.contains("claimed by HedgeGroup testns/orders"),
+        "{message}"
+    );
     assert_eq!(condition(&api, "orders", CONFIG_READY).0, "True");
 
     for _ in 0..3 {
@@ -388,8 +424,14 @@ async fn a_users_own_hedge_variable_is_reported_and_never_overwritten() {
 
     settle(&ctx, &api, &["orders"], 4).await;
     let (status, reason, message) = condition(&api, "orders", CONFIG_READY);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "EnvVarConflict"));
-    assert!(message.contains("HEDGE_LEASE_MS") && message.contains("kubectl"), "{message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "EnvVarConflict")
+    );
+    assert!(
+        message.contains("HEDGE_LEASE_MS") && message.contains("kubectl"),
+        "{message}"
+    );
     assert_eq!(api.rollouts("web"), 0);
     assert_eq!(
         container(&deployment(&api, "web"), "app")["env"][0]["value"],
@@ -410,14 +452,21 @@ async fn a_changed_spec_deployment_releases_the_previous_one() {
     let old = deployment(&api, "web");
     assert_eq!(hedge_vars(&old, "app"), 0, "{:#}", old);
     assert_eq!(env_names(&old, "app"), ["RUST_LOG"]);
-    assert!(old["metadata"]["annotations"].get(CLAIM_ANNOTATION).is_none());
+    assert!(
+        old["metadata"]["annotations"]
+            .get(CLAIM_ANNOTATION)
+            .is_none()
+    );
     assert!(
         old["spec"]["template"]["metadata"]["annotations"]
             .get(CONFIG_HASH_ANNOTATION)
             .is_none()
     );
     assert!(hedge_vars(&deployment(&api, "web2"), "app") >= 13);
-    assert_eq!(api.group("orders").status.unwrap().deployment.as_deref(), Some("web2"));
+    assert_eq!(
+        api.group("orders").status.unwrap().deployment.as_deref(),
+        Some("web2")
+    );
 }
 
 #[tokio::test]
@@ -425,7 +474,8 @@ async fn fields_the_operator_no_longer_wants_are_removed() {
     // A key an earlier version wrote into the ConfigMap, and a narrowed selector.
     let (ctx, api, _) = fresh();
     let mut hg = HedgeGroup::test("orders");
-    hg.spec.selector = serde_json::from_value(json!({"matchLabels": {"app": "orders", "tier": "api"}})).unwrap();
+    hg.spec.selector =
+        serde_json::from_value(json!({"matchLabels": {"app": "orders", "tier": "api"}})).unwrap();
     hg.spec.network_policy.enabled = true;
     api.seed(&hg);
     settle(&ctx, &api, &["orders"], 4).await;
@@ -437,7 +487,13 @@ async fn fields_the_operator_no_longer_wants_are_removed() {
     let cm_path = "/api/v1/namespaces/testns/configmaps/orders-hedge-config";
     let mut cm = api.object(cm_path).unwrap();
     cm["data"]["HEDGE_OBSOLETE"] = json!("1");
-    for field in ["managedFields", "resourceVersion", "uid", "creationTimestamp", "generation"] {
+    for field in [
+        "managedFields",
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "generation",
+    ] {
         cm["metadata"].as_object_mut().unwrap().remove(field);
     }
     api.apply_as("hedge-operator", &cm, true).unwrap();
@@ -452,7 +508,11 @@ async fn fields_the_operator_no_longer_wants_are_removed() {
         api.object(np_path).unwrap()["spec"]["podSelector"],
         json!({"matchLabels": {"app": "orders"}})
     );
-    assert!(api.object(cm_path).unwrap()["data"].get("HEDGE_OBSOLETE").is_none());
+    assert!(
+        api.object(cm_path).unwrap()["data"]
+            .get("HEDGE_OBSOLETE")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -483,7 +543,8 @@ async fn the_network_policy_admits_only_the_peer_port_from_the_members() {
 async fn a_rotated_secret_rolls_the_pods_once() {
     let (ctx, api, _) = configured().await;
     let hash = |api: &ApiServerVerifier| {
-        deployment(api, "web")["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+        deployment(api, "web")["spec"]["template"]["metadata"]["annotations"]
+            [CONFIG_HASH_ANNOTATION]
             .clone()
     };
     let before = hash(&api);
@@ -516,8 +577,16 @@ async fn deletion_releases_the_deployment_and_waits_for_the_members_before_delet
     assert!(api.has_group("orders"), "the finalizer holds it");
     let action = reconcile_stored(&ctx, &api, "orders").await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
-    assert_eq!(hedge_vars(&deployment(&api, "web"), "app"), 0, "released first");
-    assert_eq!(spanner.state().calls, ["group_state"], "no rows deleted under live members");
+    assert_eq!(
+        hedge_vars(&deployment(&api, "web"), "app"),
+        0,
+        "released first"
+    );
+    assert_eq!(
+        spanner.state().calls,
+        ["group_state"],
+        "no rows deleted under live members"
+    );
     let (_, reason, message) = condition(&api, "orders", DEGRADED);
     assert_eq!(reason, "WaitingForMembers");
     assert!(message.contains("2 live member(s)"), "{message}");
@@ -526,14 +595,20 @@ async fn deletion_releases_the_deployment_and_waits_for_the_members_before_delet
     reconcile_stored(&ctx, &api, "orders").await.unwrap();
     assert!(spanner.state().calls.contains(&"delete_group_rows"));
     assert!(!spanner.state().groups.contains("testns/orders"));
-    assert!(!api.has_group("orders"), "the finalizer went, and the group with it");
     assert!(
-        api.object("/api/v1/namespaces/testns/configmaps/orders-hedge-config").is_none(),
+        !api.has_group("orders"),
+        "the finalizer went, and the group with it"
+    );
+    assert!(
+        api.object("/api/v1/namespaces/testns/configmaps/orders-hedge-config")
+            .is_none(),
         "owned objects collected"
     );
 }
 
-async fn deleting(policy: DeletionPolicy) -> (Arc<Context>, ApiServerVerifier, Arc<FakeProvisioner>) {
+async fn deleting(
+    policy: DeletionPolicy,
+) -> (Arc<Context>, ApiServerVerifier, Arc<FakeProvisioner>) {
     let (ctx, api, spanner) = fresh();
     let mut hg = HedgeGroup::test("orders").finalized();
     hg.spec.deletion_policy = policy;
@@ -562,8 +637,14 @@ async fn deletion_with_an_unreachable_database_reports_and_finishes_with_skip_cl
     assert_eq!(error.reason(), "SpannerUnavailable");
     assert!(api.has_group("orders"));
     let (status, reason, message) = condition(&api, "orders", DEGRADED);
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "CleanupFailed"));
-    assert!(!message.contains("injected failure"), "no varying text: {message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "CleanupFailed")
+    );
+    assert!(
+        !message.contains("injected failure"),
+        "no varying text: {message}"
+    );
     assert!(event_reasons(&api).contains(&"CleanupFailed".to_owned()));
 
     // The same failure again writes no new status.
@@ -623,12 +704,21 @@ async fn a_database_outside_the_allowlist_is_refused_with_a_clear_condition() {
     reconcile_stored(&ctx, &api, "orders").await.unwrap();
     assert!(spanner.state().calls.is_empty(), "no Spanner call");
     let (status, reason, message) = condition(&api, "orders", DEGRADED);
-    assert_eq!((status.as_str(), reason.as_str()), ("True", "DatabaseNotAllowed"));
-    assert!(message.contains("projects/p/instances/allowed"), "{message}");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "DatabaseNotAllowed")
+    );
+    assert!(
+        message.contains("projects/p/instances/allowed"),
+        "{message}"
+    );
     assert_eq!(condition(&api, "orders", READY).0, "False");
     assert_eq!(
         api.writes(),
-        [format!("PATCH {HG}/orders/status{SSA}"), "POST /apis/events.k8s.io/v1/namespaces/testns/events?".to_owned()]
+        [
+            format!("PATCH {HG}/orders/status{SSA}"),
+            "POST /apis/events.k8s.io/v1/namespaces/testns/events?".to_owned()
+        ]
     );
 }
 
@@ -715,7 +805,11 @@ async fn a_concurrent_edit_of_the_deployment_is_a_conflict_and_a_retry_not_a_rev
     api.fail_next(Method::PATCH, "/deployments/web", 409);
     let error = reconcile_stored(&ctx, &api, "orders").await.unwrap_err();
     assert_eq!(error.reason(), "Conflict");
-    assert_ne!(condition(&api, "orders", DEGRADED).1, "Conflict", "not a degradation");
+    assert_ne!(
+        condition(&api, "orders", DEGRADED).1,
+        "Conflict",
+        "not a degradation"
+    );
     settle(&ctx, &api, &["orders"], 3).await;
     assert_eq!(api.rollouts("web"), 1);
 }
@@ -813,5 +907,9 @@ async fn measure_a_new_group_to_ready_and_an_unchanged_reconcile() {
     assert!(count(&second, false) < 4, "{second:#?}");
     assert_eq!(spanner_second.calls, ["group_state"]);
     assert_eq!(api.group("orders").metadata.namespace.as_deref(), Some(NS));
-    assert!(api.group("orders").finalizers().contains(&FINALIZER.to_owned()));
+    assert!(
+        api.group("orders")
+            .finalizers()
+            .contains(&FINALIZER.to_owned())
+    );
 }

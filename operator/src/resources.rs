@@ -262,11 +262,11 @@ pub fn env_items(v: &ValidGroup) -> Vec<Value> {
             json!({"name": key, "valueFrom": {"configMapKeyRef": {"name": v.config_map, "key": key}}})
         })
         .collect();
-    items.push(json!({"name": ENV_GROUP_SECRET, "valueFrom": {"secretKeyRef": {
-        "name": v.secret.name(), "key": ENV_GROUP_SECRET}}}));
-    let field = |name: &str, path: &str| {
-        json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-    };
+    items.push(
+        json!({"name": ENV_GROUP_SECRET, "valueFrom": {"secretKeyRef": {
+        "name": v.secret.name(), "key": ENV_GROUP_SECRET}}}),
+    );
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     items.push(field(ENV_POD_NAME, "metadata.name"));
     items.push(field(ENV_POD_UID, "metadata.uid"));
     items.push(field(ENV_POD_IP, "status.podIP"));
@@ -286,10 +286,17 @@ pub struct EnvConflict {
 }
 
 /// The operator's variables that the target containers define with another value.
-pub fn env_conflicts(v: &ValidGroup, deployment: &Deployment, targets: &[String]) -> Vec<EnvConflict> {
+pub fn env_conflicts(
+    v: &ValidGroup,
+    deployment: &Deployment,
+    targets: &[String],
+) -> Vec<EnvConflict> {
     let ours = env_items(v);
     let mut conflicts = Vec::new();
-    for c in containers(deployment).iter().filter(|c| targets.contains(&c.name)) {
+    for c in containers(deployment)
+        .iter()
+        .filter(|c| targets.contains(&c.name))
+    {
         for existing in c.env.iter().flatten() {
             let Some(wanted) = ours.iter().find(|o| o["name"] == existing.name.as_str()) else {
                 continue;

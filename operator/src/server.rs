@@ -154,11 +154,9 @@ pub fn route<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => respond(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" if state.is_ready() => respond(StatusCode::OK, TEXT, "ready\n"),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => respond(
-            StatusCode::SERVICE_UNAVAILABLE,
-            TEXT,
-            "watches failing\n",
-        ),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "watches failing\n")
+        }
         "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n"),
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
     }

@@ -151,7 +151,8 @@ mod tests {
         .unwrap();
         assert_eq!(cli.run.allowed_databases.len(), 2);
         assert_eq!(cli.run.allowed_databases[0].namespace, "team-a");
-        let err = Cli::try_parse_from(["hedge-operator", "--allow-database", "team-a"]).unwrap_err();
+        let err =
+            Cli::try_parse_from(["hedge-operator", "--allow-database", "team-a"]).unwrap_err();
         assert!(err.to_string().contains("NAMESPACE=PREFIX"), "{err}");
     }
 }

@@ -429,7 +429,10 @@ mod tests {
             jobs.is_some(),
             "another group's rows stay, and so do the tables"
         );
-        assert!(!api.has_group("orders"), "the finalizer went, and the group with it");
+        assert!(
+            !api.has_group("orders"),
+            "the finalizer went, and the group with it"
+        );
 
         // Dropping the tables themselves (what DropTables does once nothing else uses them).
         provisioner
@@ -486,6 +489,9 @@ mod tests {
             matches!(gone, Err(hedge::StoreError::MissingTable { .. })),
             "the only group's tables are dropped: {gone:?}"
         );
-        assert!(!api.has_group("orders"), "the finalizer went, and the group with it");
+        assert!(
+            !api.has_group("orders"),
+            "the finalizer went, and the group with it"
+        );
     }
 }

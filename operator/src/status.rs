@@ -101,7 +101,12 @@ fn ready(r: &Report) -> Cond {
     }
     // Configured but no member ever joined: not a group that works.
     if r.members.status == Status::False {
-        return Cond::new(READY, Status::False, r.members.reason.clone(), r.members.message.clone());
+        return Cond::new(
+            READY,
+            Status::False,
+            r.members.reason.clone(),
+            r.members.message.clone(),
+        );
     }
     Cond::new(
         READY,

@@ -18,12 +18,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
+use kube::ResourceExt;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
-use kube::ResourceExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -184,9 +184,10 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
         .owns_stream(config_map_stream)
         .owns_stream(policy_stream)
-        .watches_stream(deployment_stream, move |d: PartialObjectMeta<Deployment>| {
-            groups_of(&store, d.namespace(), &d.name_any())
-        })
+        .watches_stream(
+            deployment_stream,
+            move |d: PartialObjectMeta<Deployment>| groups_of(&store, d.namespace(), &d.name_any()),
+        )
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {

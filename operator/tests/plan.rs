@@ -2,8 +2,8 @@
 //! HedgeGroup and the objects the operator would observe next to it.
 
 use hedge_operator::crd::{DeletionPolicy, HedgeGroup};
-use hedge_operator::plan::{self, CleanupObserved, ConfigProblem, NetworkPolicyStep, Observed};
 use hedge_operator::managed;
+use hedge_operator::plan::{self, CleanupObserved, ConfigProblem, NetworkPolicyStep, Observed};
 use hedge_operator::resources::{self, CONFIG_HASH_ANNOTATION, PEER_PORT_NAME};
 use hedge_operator::spec::{self, ValidGroup};
 use serde::Deserialize;
@@ -115,7 +115,10 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
         1,
         "only the pod template: {body:#}"
     );
-    assert_eq!(body["metadata"]["annotations"]["hedge.dev/group"], "shop/orders");
+    assert_eq!(
+        body["metadata"]["annotations"]["hedge.dev/group"],
+        "shop/orders"
+    );
     let template = &body["spec"]["template"];
     assert_eq!(
         template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
@@ -157,10 +160,22 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
     assert_eq!(
         tail,
         [
-            ("HEDGE_GROUP_SECRET", &json!({"secretKeyRef": {"name": "orders-hedge-secret", "key": "HEDGE_GROUP_SECRET"}})),
-            ("POD_NAME", &json!({"fieldRef": {"fieldPath": "metadata.name"}})),
-            ("POD_UID", &json!({"fieldRef": {"fieldPath": "metadata.uid"}})),
-            ("POD_IP", &json!({"fieldRef": {"fieldPath": "status.podIP"}})),
+            (
+                "HEDGE_GROUP_SECRET",
+                &json!({"secretKeyRef": {"name": "orders-hedge-secret", "key": "HEDGE_GROUP_SECRET"}})
+            ),
+            (
+                "POD_NAME",
+                &json!({"fieldRef": {"fieldPath": "metadata.name"}})
+            ),
+            (
+                "POD_UID",
+                &json!({"fieldRef": {"fieldPath": "metadata.uid"}})
+            ),
+            (
+                "POD_IP",
+                &json!({"fieldRef": {"fieldPath": "status.podIP"}})
+            ),
         ]
     );
     assert_eq!(
@@ -197,8 +212,13 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
 /// the manager's fields recorded.
 fn applied(deployment: &Value, body: &Value, manager: &str) -> Value {
     let mut d = deployment.clone();
-    let containers = d["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap();
-    for fragment in body["spec"]["template"]["spec"]["containers"].as_array().unwrap() {
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap();
+    for fragment in body["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+    {
         let c = containers
             .iter_mut()
             .find(|c| c["name"] == fragment["name"])
@@ -223,12 +243,17 @@ fn applied(deployment: &Value, body: &Value, manager: &str) -> Value {
 fn a_configured_deployment_is_not_applied_again_and_a_config_change_changes_its_hash() {
     let (v, mut observed) = fixture("referenced-deployment");
     let (_, body) = plan::plan(&v, &observed).deployment.unwrap();
-    let deployment = applied(&to_json(observed.deployment.as_ref().unwrap()), &body, &v.field_manager);
+    let deployment = applied(
+        &to_json(observed.deployment.as_ref().unwrap()),
+        &body,
+        &v.field_manager,
+    );
     observed.deployment = Some(serde_json::from_value(deployment.clone()).unwrap());
     assert_eq!(plan::plan(&v, &observed).deployment, None);
 
     let (mut changed_v, _) = fixture("referenced-deployment");
-    changed_v.config.election = hedge::ElectionTimings::from_lease(std::time::Duration::from_secs(2));
+    changed_v.config.election =
+        hedge::ElectionTimings::from_lease(std::time::Duration::from_secs(2));
     let (_, changed) = plan::plan(&changed_v, &observed)
         .deployment
         .expect("a new hash rolls the pods");
@@ -254,7 +279,8 @@ fn a_configured_deployment_is_not_applied_again_and_a_config_change_changes_its_
     // A field the operator owns but no longer wants (an env item of an older release) is a
     // difference: the apply that removes it must be sent.
     let mut extra = deployment.clone();
-    let fields = &mut extra["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"app\"}"]["f:env"];
+    let fields = &mut extra["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]
+        ["f:containers"]["k:{\"name\":\"app\"}"]["f:env"];
     fields["k:{\"name\":\"HEDGE_OBSOLETE\"}"] = json!({".": {}, "f:name": {}, "f:value": {}});
     observed.deployment = Some(serde_json::from_value(extra).unwrap());
     assert!(plan::plan(&v, &observed).deployment.is_some());
@@ -306,11 +332,41 @@ fn deletion_follows_each_policy() {
     // (policy, confirmed, skip-cleanup, other users) -> (delete rows, drop tables)
     let cases = [
         (DeletionPolicy::Retain, true, false, vec![], (false, false)),
-        (DeletionPolicy::DeleteRows, true, false, vec![], (true, false)),
-        (DeletionPolicy::DropTables, true, false, vec![], (true, true)),
-        (DeletionPolicy::DropTables, false, false, vec![], (true, false)),
-        (DeletionPolicy::DropTables, true, false, others.clone(), (true, false)),
-        (DeletionPolicy::DropTables, true, true, vec![], (false, false)),
+        (
+            DeletionPolicy::DeleteRows,
+            true,
+            false,
+            vec![],
+            (true, false),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            true,
+            false,
+            vec![],
+            (true, true),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            false,
+            false,
+            vec![],
+            (true, false),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            true,
+            false,
+            others.clone(),
+            (true, false),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            true,
+            true,
+            vec![],
+            (false, false),
+        ),
     ];
     for (policy, confirmed, skip, other_users, (delete_rows, drop_tables)) in cases {
         v.deletion_policy = policy;
