@@ -32,6 +32,8 @@ pub mod watches;
 pub mod fixtures;
 #[cfg(test)]
 mod reconcile_tests;
+#[cfg(test)]
+mod watch_tests;
 
 pub use controller::{Context, Error, error_policy, reconcile};
 pub use crd::{HedgeGroup, HedgeGroupSpec, HedgeGroupStatus};

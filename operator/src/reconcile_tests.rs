@@ -845,9 +845,8 @@ async fn a_missing_crd_is_reported_as_such() {
 }
 
 /// The measurement of issues #3 and #7: a new HedgeGroup reconciled to Ready on the mocked API
-/// with a counting fake Spanner, then one more reconcile of the unchanged group. Prints JSON.
-/// (`reconciles_per_100_deployment_status_changes` comes from the watch test in
-/// `watch_tests.rs`, which prints its own line.)
+/// with a counting fake Spanner, then one more reconcile of the unchanged group, then the whole
+/// controller fed 100 status-only changes of the referenced Deployment. Prints one JSON line.
 #[tokio::test]
 async fn measure_a_new_group_to_ready_and_an_unchanged_reconcile() {
     let (ctx, api, spanner) = fresh();
@@ -901,6 +900,8 @@ async fn measure_a_new_group_to_ready_and_an_unchanged_reconcile() {
             "spanner_ddl_statements": spanner_second.ddl_applied - spanner_first.ddl_applied,
             "elapsed_ms": again.as_secs_f64() * 1e3,
         },
+        "reconciles_per_100_deployment_status_changes":
+            crate::watch_tests::reconciles_per_100_deployment_status_changes().await,
     });
     println!("{report}");
     assert_eq!(count(&second, true), 0, "{second:#?}");
