@@ -184,6 +184,15 @@ async fn the_owners_next_apply_keeps_the_hedge_variables_and_rolls_once() {
     assert!(vars >= 13, "{vars}");
 
     let ssa = PatchParams::apply("hedge-e2e").force();
+    // The same manifest as before (the emulator variable included), with one change.
+    let mut member_env = configured.spec.template.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == "SPANNER_EMULATOR_HOST")
+        .map(|e| json!({"name": e.name, "value": e.value}))
+        .collect::<Vec<_>>();
+    member_env.push(json!({"name": "RUST_LOG", "value": "debug"}));
     let owner = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name},
@@ -197,7 +206,7 @@ async fn the_owners_next_apply_keeps_the_hedge_variables_and_rolls_once() {
                     "image": env("HEDGE_E2E_MEMBER_IMAGE", "hedge-demo:e2e"),
                     "imagePullPolicy": "IfNotPresent",
                     "args": ["member"],
-                    "env": [{"name": "RUST_LOG", "value": "debug"}],
+                    "env": member_env,
                 }]},
             },
         },
