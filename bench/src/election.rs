@@ -234,7 +234,7 @@ async fn store_latency(
     for i in 0..100 {
         let key = LockKey::new("bench", format!("latency-{i}"));
         let started = Instant::now();
-        let outcome = store.acquire(&key, "m0", timings.lease).await?;
+        let outcome = store.acquire(&key, &"m0".into(), timings.lease).await?;
         acquire.push(ms(started.elapsed()));
         if let AcquireOutcome::Granted { token } = outcome {
             let started = Instant::now();

@@ -2,12 +2,10 @@
 //! operator writes into the group's ConfigMap, and [`Config::to_env`] writes them.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use crate::store::TableNames;
-use crate::store::schema::SchemaError;
+pub use crate::names::{DatabasePath, DatabasePathError};
+use crate::names::{TableNames, TableNamesError};
 
 /// The group name (`HEDGE_GROUP`).
 pub const ENV_GROUP: &str = "HEDGE_GROUP";
@@ -64,7 +62,7 @@ pub const CONFIG_MAP_VARIABLES: &[&str] = &[
 pub const DEFAULT_PEER_PORT: u16 = 7946;
 
 /// Errors in configuration: each message says what to change.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A timing is zero.
     #[error("{name} must be greater than zero")]
@@ -83,6 +81,20 @@ pub enum ConfigError {
         larger: &'static str,
         /// Its value.
         larger_value: Duration,
+    },
+    /// A timing outside the range hedge supports.
+    #[error("{name} ({value:?}) must be {bound} {limit:?}: {why}")]
+    OutOfRange {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: Duration,
+        /// "at least" or "at most".
+        bound: &'static str,
+        /// The limit.
+        limit: Duration,
+        /// Why the limit exists.
+        why: &'static str,
     },
     /// A variable that is not a number.
     #[error("environment variable {name}={value:?} is not a valid {kind}")]
@@ -107,83 +119,40 @@ pub enum ConfigError {
     },
     /// A table name problem.
     #[error(transparent)]
-    Tables(#[from] SchemaError),
+    Tables(#[from] TableNamesError),
     /// A malformed database path.
     #[error(transparent)]
     Database(#[from] DatabasePathError),
 }
 
-/// A malformed Spanner database path.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid Spanner database path {0:?}: expected projects/<project>/instances/<instance>/databases/<database>"
-)]
-pub struct DatabasePathError(pub String);
+/// The longest lease hedge accepts. Longer leases would leave a crashed leader's group leaderless
+/// for over an hour, and deadlines computed from them could overflow a clock.
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 
-/// A Spanner database path, `projects/P/instances/I/databases/D`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct DatabasePath {
-    /// The project id.
-    pub project: String,
-    /// The instance id.
-    pub instance: String,
-    /// The database id.
-    pub database: String,
-}
-
-impl DatabasePath {
-    /// `projects/P/instances/I`.
-    pub fn instance_path(&self) -> String {
-        format!("projects/{}/instances/{}", self.project, self.instance)
-    }
-}
-
-impl FromStr for DatabasePath {
-    type Err = DatabasePathError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let valid_segment = |p: &str| {
-            !p.is_empty()
-                && p.len() <= 64
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-        };
-        match parts.as_slice() {
-            ["projects", p, "instances", i, "databases", d]
-                if valid_segment(p) && valid_segment(i) && valid_segment(d) =>
-            {
-                Ok(Self {
-                    project: (*p).to_owned(),
-                    instance: (*i).to_owned(),
-                    database: (*d).to_owned(),
-                })
-            }
-            _ => Err(DatabasePathError(s.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for DatabasePath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "projects/{}/instances/{}/databases/{}",
-            self.project, self.instance, self.database
-        )
-    }
-}
+/// The smallest safety margin hedge accepts.
+///
+/// The holder steps down a quarter of the margin before its local deadline (the *step-down
+/// lead*), so that the term's cancellation and the `Lost` event are out before `is_leader()`
+/// turns false by itself. Cancellation is cooperative and timers fire late on a loaded node:
+/// on a 2-core machine with both cores busy, tokio timers fired up to a few milliseconds late
+/// (see the `timer_slack` benchmark in BENCHMARKS.md). A 100 ms margin gives a 25 ms lead, several
+/// times that slack, and still covers the clock-rate difference between a member and Spanner
+/// (under 1 ms per 5 s lease at 200 ppm).
+pub const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(100);
 
 /// The timings of an election.
 ///
 /// * `lease`: how long a grant or renewal holds the lock on the store's clock. A crashed
-///   leader is replaced within `lease + poll_interval`.
+///   leader is replaced within about one lease (candidates retry when the lease they saw runs
+///   out), and at most `lease + poll_interval`. At most [`MAX_LEASE`].
 /// * `renew_interval`: how often the holder renews. Each renewal has until the local deadline
-///   to succeed, so several can fail before leadership is lost.
-/// * `poll_interval`: how often a candidate tries to acquire (with ±10% jitter).
+///   to succeed, and a failed one is retried sooner, so several can fail before leadership is
+///   lost.
+/// * `poll_interval`: how often a candidate checks a lock held by a live leader (with jitter).
 /// * `safety_margin`: the holder's local deadline is `renew sent + lease − safety_margin`, on a
-///   monotonic clock. It absorbs clock *rate* differences between the holder and the store, and
-///   the time between the deadline and the step-down being seen by the application.
+///   monotonic clock that also counts suspended time. It absorbs clock *rate* differences between
+///   the holder and the store, store clock jumps up to the margin, and the time between the
+///   step-down and the application seeing it. At least [`MIN_SAFETY_MARGIN`].
 ///
 /// Defaults: lease 5 s, renew every 1 s, poll every 750 ms, margin 700 ms (10% + 200 ms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +175,8 @@ impl Default for ElectionTimings {
 
 impl ElectionTimings {
     /// Timings scaled from a lease the way the defaults are: renew every lease/5, poll every
-    /// 3/20 of the lease, margin lease/10 + 200 ms (capped to lease/4 for short leases).
+    /// 3/20 of the lease, margin lease/10 + 200 ms (capped to lease/4 for short leases, so a
+    /// lease under 400 ms gives a margin below [`MIN_SAFETY_MARGIN`], which `validate` refuses).
     pub fn from_lease(lease: Duration) -> Self {
         let margin = (lease / 10 + Duration::from_millis(200)).min(lease / 4);
         Self {
@@ -228,6 +198,25 @@ impl ElectionTimings {
             if value.is_zero() {
                 return Err(ConfigError::Zero { name });
             }
+        }
+        if self.lease > MAX_LEASE {
+            return Err(ConfigError::OutOfRange {
+                name: "lease",
+                value: self.lease,
+                bound: "at most",
+                limit: MAX_LEASE,
+                why: "a crashed leader would leave the group leaderless for that long",
+            });
+        }
+        if self.safety_margin < MIN_SAFETY_MARGIN {
+            return Err(ConfigError::OutOfRange {
+                name: "safety margin",
+                value: self.safety_margin,
+                bound: "at least",
+                limit: MIN_SAFETY_MARGIN,
+                why: "the holder steps down a quarter of the margin before its deadline, \
+                      and that lead must exceed the scheduling delay of a loaded node",
+            });
         }
         if self.safety_margin >= self.lease {
             return Err(ConfigError::Order {
@@ -260,6 +249,12 @@ impl ElectionTimings {
     /// How long the holder may count on a renewal sent now.
     pub fn holding_time(&self) -> Duration {
         self.lease.saturating_sub(self.safety_margin)
+    }
+
+    /// How long before its local deadline the holder steps down when no renewal succeeded: a
+    /// quarter of the safety margin (see [`MIN_SAFETY_MARGIN`]).
+    pub fn step_down_lead(&self) -> Duration {
+        self.safety_margin / 4
     }
 }
 
@@ -296,6 +291,15 @@ impl MembershipTimings {
                 smaller_value: self.heartbeat_interval,
                 larger: "member TTL",
                 larger_value: self.ttl,
+            });
+        }
+        if self.ttl > MAX_LEASE {
+            return Err(ConfigError::OutOfRange {
+                name: "member TTL",
+                value: self.ttl,
+                bound: "at most",
+                limit: MAX_LEASE,
+                why: "a crashed member would stay in every view for that long",
             });
         }
         Ok(())
@@ -535,6 +539,14 @@ mod tests {
                 "must be below lease minus safety margin",
             ),
             (
+                &[(ENV_SAFETY_MARGIN_MS, "20")],
+                "safety margin (20ms) must be at least 100ms",
+            ),
+            (
+                &[(ENV_LEASE_MS, "7200000")],
+                "lease (7200s) must be at most 3600s",
+            ),
+            (
                 &[(ENV_LEASE_MS, "five")],
                 "HEDGE_LEASE_MS=\"five\" is not a valid number",
             ),
@@ -547,24 +559,5 @@ mod tests {
         }
         let missing = Config::from_vars(vars(&[])).unwrap_err().to_string();
         assert_eq!(missing, "environment variable HEDGE_GROUP is not set");
-    }
-
-    #[test]
-    fn database_paths_are_checked() {
-        let ok: DatabasePath = "projects/p-1/instances/i/databases/d_1".parse().unwrap();
-        assert_eq!(ok.instance_path(), "projects/p-1/instances/i");
-        for bad in [
-            "",
-            "projects/p",
-            "projects//instances/i/databases/d",
-            "p/i/d",
-            "projects/p/instances/i/databases/d/x",
-        ] {
-            let err = bad.parse::<DatabasePath>().unwrap_err();
-            assert!(
-                err.to_string().contains("expected projects/<project>"),
-                "{err}"
-            );
-        }
     }
 }

@@ -28,7 +28,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, ElectionTimings, validate_name};
 use crate::store::lease::LossCause;
-use crate::store::{AcquireOutcome, LockHolder, LockKey, RenewOutcome, Store, StoreError};
+use crate::store::{
+    AcquireOutcome, Candidate, LockHolder, LockKey, RenewOutcome, Store, StoreError,
+};
 
 /// How many events a slow [`Election::events`] subscriber may fall behind before it sees
 /// `Lagged`.
@@ -136,7 +138,7 @@ pub struct Election {
 #[derive(Debug)]
 struct Shared {
     key: LockKey,
-    member_id: String,
+    candidate: Candidate,
     timings: ElectionTimings,
     store: Arc<dyn Store>,
     /// The clock origin of `deadline_nanos`.
@@ -171,19 +173,19 @@ impl Election {
     pub fn new(
         store: Arc<dyn Store>,
         key: LockKey,
-        member_id: impl Into<String>,
+        member: impl Into<Candidate>,
         timings: ElectionTimings,
     ) -> Result<Self, ElectionError> {
-        let member_id = member_id.into();
+        let candidate = member.into();
         timings.validate()?;
-        validate_name("member id", &member_id)?;
+        validate_name("member id", &candidate.id)?;
         validate_name("group name", &key.group)?;
         validate_name("lock name", &key.name)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Self {
             shared: Arc::new(Shared {
                 key,
-                member_id,
+                candidate,
                 timings,
                 store,
                 origin: Instant::now(),
@@ -203,7 +205,7 @@ impl Election {
 
     /// This member's id.
     pub fn member_id(&self) -> &str {
-        &self.shared.member_id
+        &self.shared.candidate.id
     }
 
     /// The timings.
@@ -231,7 +233,7 @@ impl Election {
     pub fn leader(&self) -> Option<LeaderInfo> {
         if let Some(token) = self.token() {
             return Some(LeaderInfo {
-                id: self.shared.member_id.clone(),
+                id: self.shared.candidate.id.clone(),
                 token,
             });
         }
@@ -289,7 +291,7 @@ impl Election {
     /// a database that does not exist) ends the loop with that error, after stepping down.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ElectionError> {
         let shared = &self.shared;
-        info!(lock = %shared.key, member = %shared.member_id, "election started");
+        info!(lock = %shared.key, member = %shared.candidate.id, "election started");
         let mut term: Option<ActiveTerm> = None;
         let result = loop {
             let step = match term.take() {
@@ -310,7 +312,7 @@ impl Election {
         if let Some(active) = term {
             shared.release(active).await;
         }
-        info!(lock = %shared.key, member = %shared.member_id, "election stopped");
+        info!(lock = %shared.key, member = %shared.candidate.id, "election stopped");
         result
     }
 
@@ -357,7 +359,7 @@ impl Shared {
     }
 
     fn publish(&self, event: LeadershipEvent) {
-        debug!(lock = %self.key, member = %self.member_id, ?event, "leadership event");
+        debug!(lock = %self.key, member = %self.candidate.id, ?event, "leadership event");
         // No subscriber is not an error: events are for whoever listens.
         let _ = self.events.send(event.clone());
         self.latest_event.send_replace(event);
@@ -382,7 +384,7 @@ impl Shared {
         let sent = Instant::now();
         let attempt = tokio::select! {
             () = shutdown.cancelled() => return Ok(None),
-            r = timeout(t.lease, self.store.acquire(&self.key, &self.member_id, t.lease)) => r,
+            r = timeout(t.lease, self.store.acquire(&self.key, &self.candidate, t.lease)) => r,
         };
         match attempt {
             Ok(Ok(AcquireOutcome::Granted { token })) => {
@@ -394,7 +396,7 @@ impl Shared {
                 warn!(lock = %self.key, token, "grant arrived after its deadline; releasing it");
                 let _ = timeout(
                     RELEASE_TIMEOUT,
-                    self.store.release(&self.key, &self.member_id, token),
+                    self.store.release(&self.key, &self.candidate.id, token),
                 )
                 .await;
             }
@@ -419,7 +421,7 @@ impl Shared {
             .store(self.nanos_at(deadline), Ordering::Release);
         self.leading_token.store(token, Ordering::Release);
         let me = LeaderInfo {
-            id: self.member_id.clone(),
+            id: self.candidate.id.clone(),
             token,
         };
         self.state.send_modify(|view| {
@@ -430,7 +432,7 @@ impl Shared {
             });
             view.leader = Some(me.clone());
         });
-        info!(lock = %self.key, member = %self.member_id, token, "elected");
+        info!(lock = %self.key, member = %self.candidate.id, token, "elected");
         self.publish(LeadershipEvent::Elected { token, since });
         self.publish(LeadershipEvent::LeaderChanged { leader: Some(me) });
         ActiveTerm {
@@ -494,7 +496,7 @@ impl Shared {
                 self.release(term).await;
                 return Ok(None);
             }
-            r = timeout_at(step_down_at(term.deadline, t), self.store.renew(&self.key, &self.member_id, term.token, t.lease)) => r,
+            r = timeout_at(step_down_at(term.deadline, t), self.store.renew(&self.key, &self.candidate.id, term.token, t.lease)) => r,
         };
         match renewal {
             Ok(Ok(RenewOutcome::Renewed)) => {
@@ -542,7 +544,8 @@ impl Shared {
         self.step_down(&term, LostReason::Released, None);
         match timeout(
             RELEASE_TIMEOUT,
-            self.store.release(&self.key, &self.member_id, term.token),
+            self.store
+                .release(&self.key, &self.candidate.id, term.token),
         )
         .await
         {

@@ -48,6 +48,7 @@
 pub mod config;
 pub mod election;
 pub mod membership;
+pub mod names;
 pub mod store;
 
 use std::sync::Arc;
@@ -57,11 +58,12 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ConfigError, DatabasePath, ElectionTimings, MembershipTimings};
+pub use config::{Config, ConfigError, ElectionTimings, MembershipTimings};
 pub use election::{
     Election, ElectionError, ElectionGuard, LeaderInfo, LeadershipEvent, LostReason, Term,
 };
-pub use store::{LockKey, MemberRecord, MemoryStore, Store, StoreError, TableNames};
+pub use names::{DatabasePath, TableNames};
+pub use store::{Candidate, LockKey, MemberRecord, MemoryStore, Store, StoreError};
 
 /// Errors of the [`Hedge`] handle.
 #[derive(Debug, thiserror::Error)]
@@ -181,16 +183,13 @@ impl HedgeBuilder {
             _ => return Err(HedgeError::NoStore),
         };
         let key = LockKey::new(self.config.group.clone(), self.lock_name);
-        let election = Election::new(
-            store.clone(),
-            key,
-            self.config.member_id.clone(),
-            self.config.election,
-        )?;
+        let candidate = Candidate::new(self.config.member_id.clone());
+        let election = Election::new(store.clone(), key, candidate.clone(), self.config.election)?;
         Ok(Hedge {
             inner: Arc::new(Inner {
                 config: self.config,
                 store,
+                candidate,
                 election,
             }),
         })
@@ -207,6 +206,8 @@ pub struct Hedge {
 struct Inner {
     config: Config,
     store: Arc<dyn Store>,
+    /// This member's id and the incarnation of this process.
+    candidate: Candidate,
     election: Election,
 }
 
@@ -253,7 +254,7 @@ impl Hedge {
         Ok(Election::new(
             self.inner.store.clone(),
             LockKey::new(self.group(), name),
-            self.member_id(),
+            self.inner.candidate.clone(),
             self.inner.config.election,
         )?)
     }
@@ -317,6 +318,7 @@ impl Hedge {
         let config = &self.inner.config;
         let heartbeat = store::MemberHeartbeat {
             id: config.member_id.clone(),
+            incarnation: self.inner.candidate.incarnation.clone(),
             address: config.address.clone(),
             ttl: config.membership.ttl,
         };

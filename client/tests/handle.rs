@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hedge::store::{
-    AcquireOutcome, LockKey, LockState, MemberHeartbeat, MemberRecord, ReleaseOutcome,
+    AcquireOutcome, Candidate, LockKey, LockState, MemberHeartbeat, MemberRecord, ReleaseOutcome,
     RenewOutcome, Store, StoreError, StoreResult,
 };
 use hedge::{ElectionTimings, Hedge, HedgeError, LeadershipEvent, LostReason, MemoryStore};
@@ -152,7 +152,12 @@ fn missing() -> StoreError {
 
 #[async_trait]
 impl Store for NoTables {
-    async fn acquire(&self, _: &LockKey, _: &str, _: Duration) -> StoreResult<AcquireOutcome> {
+    async fn acquire(
+        &self,
+        _: &LockKey,
+        _: &Candidate,
+        _: Duration,
+    ) -> StoreResult<AcquireOutcome> {
         Err(missing())
     }
     async fn renew(&self, _: &LockKey, _: &str, _: u64, _: Duration) -> StoreResult<RenewOutcome> {

@@ -279,13 +279,15 @@ mod tests {
 
         assert_eq!(upgrade.version_before, Some(1));
         assert_eq!(upgrade.version_after, SCHEMA_VERSION);
+        // The member table (version 2) and the incarnation columns (version 3) are new.
         assert_eq!(
             upgrade.applied.len(),
-            1,
-            "only the member table is new: {:?}",
+            3,
+            "only what version 1 lacks: {:?}",
             upgrade.applied
         );
         assert!(upgrade.applied[0].starts_with("CREATE TABLE hedge_members"));
+        assert!(upgrade.applied[1].contains("ADD COLUMN holder_incarnation"));
     }
 
     /// The whole reconcile on the mocked API and the emulator: Ready, the live leader in the
@@ -320,7 +322,7 @@ mod tests {
         let token = match store
             .acquire(
                 &LockKey::new(group.as_str(), LockKey::LEADER),
-                "orders-0",
+                &"orders-0".into(),
                 Duration::from_secs(60),
             )
             .await
@@ -332,6 +334,7 @@ mod tests {
         for id in ["orders-0", "orders-1"] {
             let member = MemberHeartbeat {
                 id: id.into(),
+                incarnation: hedge::store::new_incarnation(),
                 address: Some("10.0.0.1:7946".into()),
                 ttl: Duration::from_secs(60),
             };
@@ -394,7 +397,7 @@ mod tests {
             store
                 .acquire(
                     &LockKey::new(group.as_str(), LockKey::LEADER),
-                    "m",
+                    &"m".into(),
                     Duration::from_secs(60),
                 )
                 .await
@@ -463,7 +466,7 @@ mod tests {
         store
             .acquire(
                 &LockKey::new(format!("{NS}/orders"), LockKey::LEADER),
-                "m",
+                &"m".into(),
                 Duration::from_secs(60),
             )
             .await

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use hedge::config::{ConfigError, DatabasePath, DatabasePathError};
-use hedge::store::TableNames;
-use hedge::store::schema::SchemaError;
+use hedge::names::{TableNames, TableNamesError};
 use hedge::{Config, ElectionTimings, MembershipTimings};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -38,7 +37,7 @@ pub enum InvalidSpec {
     Database(#[from] DatabasePathError),
     /// A table name is invalid, or two are equal.
     #[error("spec.tables: {0}")]
-    Tables(#[from] SchemaError),
+    Tables(#[from] TableNamesError),
     /// A timing is out of range or out of order, or the group name is unusable.
     #[error("{0}")]
     Config(#[from] ConfigError),

@@ -251,14 +251,16 @@ pub async fn deposed_holder_cannot_renew(backend: &dyn Backend) {
     let store = backend.member_store().await;
     let lock = key("w8");
     let short = Duration::from_millis(300);
-    let AcquireOutcome::Granted { token: old } =
-        store.acquire(&lock, "old", short).await.expect("acquire")
+    let AcquireOutcome::Granted { token: old } = store
+        .acquire(&lock, &"old".into(), short)
+        .await
+        .expect("acquire")
     else {
         panic!("a free lock is granted");
     };
     sleep(short + backend.slack()).await;
     let AcquireOutcome::Granted { token: new } = store
-        .acquire(&lock, "new", Duration::from_secs(30))
+        .acquire(&lock, &"new".into(), Duration::from_secs(30))
         .await
         .expect("acquire")
     else {
@@ -299,7 +301,7 @@ pub async fn similar_names_never_collide(backend: &dyn Backend) {
     let mut tokens = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         match store
-            .acquire(k, &format!("holder-{i}"), lease)
+            .acquire(k, &format!("holder-{i}").into(), lease)
             .await
             .expect("acquire")
         {
@@ -375,7 +377,7 @@ pub async fn renewal_and_read_in_the_same_instant_do_not_take_over(backend: &dyn
     let lock = key("w4");
     let lease = Duration::from_secs(10);
     let AcquireOutcome::Granted { token } = store
-        .acquire(&lock, "holder", lease)
+        .acquire(&lock, &"holder".into(), lease)
         .await
         .expect("acquire")
     else {
@@ -390,7 +392,7 @@ pub async fn renewal_and_read_in_the_same_instant_do_not_take_over(backend: &dyn
             RenewOutcome::Renewed
         );
         let outcome = other
-            .acquire(&lock, "candidate", lease)
+            .acquire(&lock, &"candidate".into(), lease)
             .await
             .expect("acquire");
         assert!(

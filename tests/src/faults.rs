@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hedge::store::{
-    AcquireOutcome, LockKey, LockState, MemberHeartbeat, MemberRecord, ReleaseOutcome,
+    AcquireOutcome, Candidate, LockKey, LockState, MemberHeartbeat, MemberRecord, ReleaseOutcome,
     RenewOutcome, Store, StoreError, StoreResult,
 };
 
@@ -92,7 +92,7 @@ impl Store for FaultyStore {
     async fn acquire(
         &self,
         key: &LockKey,
-        candidate: &str,
+        candidate: &Candidate,
         lease: Duration,
     ) -> StoreResult<AcquireOutcome> {
         self.apply(self.inner.acquire(key, candidate, lease)).await

@@ -63,7 +63,7 @@ async fn acquire_renew_release_with_increasing_tokens() {
     let key = LockKey::new("g", LockKey::LEADER);
 
     assert_eq!(a.lock_state(&key).await.expect("state"), None);
-    let t1 = granted(a.acquire(&key, "a", LEASE).await.expect("acquire"));
+    let t1 = granted(a.acquire(&key, &"a".into(), LEASE).await.expect("acquire"));
     let state = a.lock_state(&key).await.expect("state").expect("row");
     let holder = state.holder.expect("held");
     assert_eq!(
@@ -75,7 +75,11 @@ async fn acquire_renew_release_with_increasing_tokens() {
         "{holder:?}"
     );
 
-    match b.acquire(&key, "b", LEASE).await.expect("acquire b") {
+    match b
+        .acquire(&key, &"b".into(), LEASE)
+        .await
+        .expect("acquire b")
+    {
         AcquireOutcome::Held(h) => assert_eq!((h.id.as_str(), h.token), ("a", t1)),
         other => panic!("b must not get a held lock: {other:?}"),
     }
@@ -110,7 +114,7 @@ async fn acquire_renew_release_with_increasing_tokens() {
 
     // Every grant gets a greater token: after a release, and after an expiry.
     let t2 = granted(
-        b.acquire(&key, "b", Duration::from_secs(1))
+        b.acquire(&key, &"b".into(), Duration::from_secs(1))
             .await
             .expect("acquire"),
     );
@@ -120,7 +124,7 @@ async fn acquire_renew_release_with_increasing_tokens() {
         b.renew(&key, "b", t2, LEASE).await.expect("renew"),
         RenewOutcome::Lost(LossCause::Expired)
     );
-    let t3 = granted(a.acquire(&key, "a", LEASE).await.expect("acquire"));
+    let t3 = granted(a.acquire(&key, &"a".into(), LEASE).await.expect("acquire"));
     assert!(t3 > t2, "{t3} > {t2}");
     assert!(matches!(
         b.renew(&key, "b", t2, LEASE).await.expect("renew"),
@@ -146,7 +150,7 @@ async fn similar_names_never_touch_each_other() {
     let mut tokens = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         tokens.push(granted(
-            s.acquire(key, &format!("m{i}"), LEASE)
+            s.acquire(key, &format!("m{i}").into(), LEASE)
                 .await
                 .expect("acquire"),
         ));
@@ -191,9 +195,9 @@ async fn a_deleted_lock_row_restarts_above_every_token() {
     let s = emulator.store(&db).await.expect("store");
     let raw = emulator.database_client(&db).await.expect("raw client");
     let key = LockKey::new("g", "leader");
-    let t1 = granted(s.acquire(&key, "a", LEASE).await.expect("acquire"));
+    let t1 = granted(s.acquire(&key, &"a".into(), LEASE).await.expect("acquire"));
     s.release(&key, "a", t1).await.expect("release");
-    let t2 = granted(s.acquire(&key, "b", LEASE).await.expect("acquire"));
+    let t2 = granted(s.acquire(&key, &"b".into(), LEASE).await.expect("acquire"));
     assert!(t2 > t1);
     assert_eq!(
         exec(&raw, "DELETE FROM hedge_locks WHERE TRUE".into()).await,
@@ -204,7 +208,7 @@ async fn a_deleted_lock_row_restarts_above_every_token() {
         s.renew(&key, "b", t2, LEASE).await.expect("renew"),
         RenewOutcome::Lost(LossCause::Released)
     );
-    let t3 = granted(s.acquire(&key, "c", LEASE).await.expect("acquire"));
+    let t3 = granted(s.acquire(&key, &"c".into(), LEASE).await.expect("acquire"));
     assert!(t3 > t2, "{t3} > {t2}");
 }
 
@@ -219,19 +223,20 @@ async fn a_renewal_is_never_seen_as_expired_by_the_next_acquire() {
     let a = emulator.store(&db).await.expect("store a");
     let b = emulator.store(&db).await.expect("store b");
     let key = LockKey::new("g", "leader");
-    let token = granted(a.acquire(&key, "a", LEASE).await.expect("acquire"));
+    let token = granted(a.acquire(&key, &"a".into(), LEASE).await.expect("acquire"));
     let held_by_a = |outcome: AcquireOutcome| matches!(outcome, AcquireOutcome::Held(ref h) if h.id == "a" && h.token == token);
     for _ in 0..20 {
         // Back to back...
         let renewed = a.renew(&key, "a", token, LEASE).await.expect("renew");
         assert_eq!(renewed, RenewOutcome::Renewed);
         assert!(held_by_a(
-            b.acquire(&key, "b", LEASE).await.expect("acquire")
+            b.acquire(&key, &"b".into(), LEASE).await.expect("acquire")
         ));
         // ...and racing (the emulator serialises them in either order).
+        let b_candidate = "b".into();
         let (renewed, taken) = tokio::join!(
             a.renew(&key, "a", token, LEASE),
-            b.acquire(&key, "b", LEASE)
+            b.acquire(&key, &b_candidate, LEASE)
         );
         assert_eq!(renewed.expect("renew"), RenewOutcome::Renewed);
         assert!(held_by_a(taken.expect("acquire")));
@@ -260,7 +265,7 @@ async fn concurrent_acquires_grant_exactly_one() {
                 barrier.wait().await;
                 (
                     format!("m{i}"),
-                    store.acquire(&key, &format!("m{i}"), LEASE).await,
+                    store.acquire(&key, &format!("m{i}").into(), LEASE).await,
                 )
             }));
         }
@@ -306,10 +311,11 @@ async fn one_store_runs_concurrent_operations() {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             let key = LockKey::new("g", format!("l{i}"));
-            let token = granted(s.acquire(&key, "a", LEASE).await?);
+            let token = granted(s.acquire(&key, &"a".into(), LEASE).await?);
             s.heartbeat_member(
                 "g",
                 &MemberHeartbeat {
+                    incarnation: hedge::store::new_incarnation(),
                     id: format!("m{i}"),
                     address: None,
                     ttl: LEASE,
@@ -342,7 +348,11 @@ async fn aborted_transactions_are_retried() {
     let mut last = 0;
     for i in 0..6 {
         let id = format!("m{i}");
-        let token = granted(s.acquire(&key, &id, LEASE).await.expect("acquire"));
+        let token = granted(
+            s.acquire(&key, &id.clone().into(), LEASE)
+                .await
+                .expect("acquire"),
+        );
         assert!(token > last);
         last = token;
         assert_eq!(
@@ -350,6 +360,7 @@ async fn aborted_transactions_are_retried() {
             RenewOutcome::Renewed
         );
         let hb = MemberHeartbeat {
+            incarnation: hedge::store::new_incarnation(),
             id: id.clone(),
             address: Some("10.0.0.1:7946".into()),
             ttl: LEASE,
@@ -379,6 +390,7 @@ async fn members_heartbeat_list_and_expire() {
     let s = emulator.store(&db).await.expect("store");
     let ttl = Duration::from_millis(1500);
     let hb = |id: &str| MemberHeartbeat {
+        incarnation: format!("{id}-1"),
         id: id.into(),
         address: Some(format!("{id}.local:7946")),
         ttl,
@@ -404,6 +416,21 @@ async fn members_heartbeat_list_and_expire() {
     s.heartbeat_member("g", &hb("b")).await.expect("hb");
     let members = s.list_members("g").await.expect("list");
     assert!(members[1].joined_at > joined_a, "b rejoined");
+    assert_eq!(members[0].incarnation.as_deref(), Some("a-1"));
+
+    // A restarted process (same id, new incarnation) is a new membership, even while the old
+    // row is alive.
+    let restarted = MemberHeartbeat {
+        incarnation: "a-2".into(),
+        ..hb("a")
+    };
+    s.heartbeat_member("g", &restarted).await.expect("hb");
+    let members = s.list_members("g").await.expect("list");
+    assert_eq!(members[0].incarnation.as_deref(), Some("a-2"));
+    assert!(
+        members[0].joined_at > joined_a,
+        "a rejoined as a new incarnation"
+    );
 
     s.remove_member("g", "a").await.expect("remove");
     s.remove_member("g", "absent")
@@ -429,7 +456,7 @@ async fn missing_tables_say_how_to_fix_them() {
         .expect("connecting works without tables");
     let key = LockKey::new("g", "leader");
     let err = s
-        .acquire(&key, "a", LEASE)
+        .acquire(&key, &"a".into(), LEASE)
         .await
         .expect_err("no lock table");
     assert!(
@@ -449,16 +476,20 @@ async fn missing_tables_say_how_to_fix_them() {
         "{err:?}"
     );
 
-    // Schema version 1 has no member table yet.
+    // Schema version 1 has no member table yet, and a lock table without the columns of
+    // version 3: an old schema is a fatal error that says what to run, not a retry loop.
     schema::ensure_schema_version(&empty, &TableNames::default(), &emulator.options(), 1)
         .await
         .expect("v1");
-    granted(
-        s.acquire(&key, "a", LEASE)
-            .await
-            .expect("the lock table exists now"),
-    );
+    let err = s
+        .acquire(&key, &"a".into(), LEASE)
+        .await
+        .expect_err("the lock table lacks holder_incarnation");
+    assert!(matches!(&err, StoreError::SchemaMismatch { .. }), "{err:?}");
+    assert!(!err.is_transient());
+    assert!(err.to_string().contains("schema apply"), "{err}");
     let hb = MemberHeartbeat {
+        incarnation: hedge::store::new_incarnation(),
         id: "a".into(),
         address: None,
         ttl: LEASE,
@@ -479,6 +510,21 @@ async fn missing_tables_say_how_to_fix_them() {
         matches!(&err, StoreError::MissingTable { table } if table == "hedge_members"),
         "{err:?}"
     );
+    // Version 2 has the member table but not its incarnation column.
+    schema::ensure_schema_version(&empty, &TableNames::default(), &emulator.options(), 2)
+        .await
+        .expect("v2");
+    let err = s
+        .heartbeat_member("g", &hb)
+        .await
+        .expect_err("the member table lacks incarnation");
+    assert!(matches!(&err, StoreError::SchemaMismatch { .. }), "{err:?}");
+    // The current version works.
+    schema::ensure_schema(&empty, &TableNames::default(), &emulator.options())
+        .await
+        .expect("v3");
+    granted(s.acquire(&key, &"a".into(), LEASE).await.expect("acquire"));
+    s.heartbeat_member("g", &hb).await.expect("heartbeat");
 }
 
 #[tokio::test]
@@ -544,12 +590,12 @@ async fn an_emulator_that_goes_away_makes_operations_fail_in_bounded_time() {
         .await
         .expect("store");
     let key = LockKey::new("g", "leader");
-    granted(s.acquire(&key, "a", LEASE).await.expect("acquire"));
+    granted(s.acquire(&key, &"a".into(), LEASE).await.expect("acquire"));
     emulator.stop();
     for _ in 0..2 {
         let started = Instant::now();
         let err = s
-            .acquire(&key, "b", LEASE)
+            .acquire(&key, &"b".into(), LEASE)
             .await
             .expect_err("the emulator is gone");
         let took = started.elapsed();
@@ -600,9 +646,10 @@ async fn bad_database_paths_are_invalid_database() {
         let db: DatabasePath = missing.parse().expect("well-formed");
         let err = emulator.store(&db).await.expect_err("missing");
         assert!(
-            matches!(err, StoreError::InvalidDatabase(_)),
+            matches!(&err, StoreError::DatabaseNotFound { database, .. } if database == missing),
             "{missing}: {err:?}"
         );
+        assert_eq!(err.reason(), "DatabaseNotFound");
         assert!(!err.is_transient());
         assert!(err.to_string().contains(missing), "{err}");
     }
@@ -615,7 +662,8 @@ async fn bad_database_paths_are_invalid_database() {
         .store_with_tables(&db, bad_tables)
         .await
         .expect_err("bad names");
-    assert!(matches!(err, StoreError::InvalidDatabase(_)), "{err:?}");
+    assert!(matches!(err, StoreError::InvalidRequest { .. }), "{err:?}");
+    assert!(!err.is_transient());
 }
 
 async fn updated_at(client: &DatabaseClient) -> SystemTime {
@@ -676,7 +724,8 @@ async fn ensure_schema_creates_everything_once() {
     let report = schema::ensure_schema(&db, &other, &emulator.options())
         .await
         .expect("other");
-    assert_eq!(report.applied.len(), 2, "{report:?}");
+    // Two CREATE TABLE and their two version-3 columns; the schema table is shared.
+    assert_eq!(report.applied.len(), 4, "{report:?}");
     assert_eq!(count(&raw, "SELECT COUNT(*) FROM hedge_schema").await, 2);
 }
 
@@ -696,17 +745,17 @@ async fn an_older_schema_is_upgraded() {
         .await
         .expect("v1 again");
     assert!(!again.changed(), "{again:?}");
-    let v2 = schema::ensure_schema(&db, &tables, &emulator.options())
+    let latest = schema::ensure_schema(&db, &tables, &emulator.options())
         .await
-        .expect("v2");
-    assert_eq!(v2.version_before, Some(1));
-    assert_eq!(v2.version_after, 2);
+        .expect("latest");
+    assert_eq!(latest.version_before, Some(1));
+    assert_eq!(latest.version_after, SCHEMA_VERSION);
+    // Exactly the items of every later migration, in order.
     assert_eq!(
-        v2.applied,
-        schema::migrations(&tables)[1]
-            .items
+        latest.applied,
+        schema::migrations(&tables)[1..]
             .iter()
-            .map(|i| i.statement.clone())
+            .flat_map(|m| m.items.iter().map(|i| i.statement.clone()))
             .collect::<Vec<_>>()
     );
     // Never downgrades.
@@ -714,12 +763,11 @@ async fn an_older_schema_is_upgraded() {
         .await
         .expect("no-op");
     assert!(!down.changed(), "{down:?}");
-    assert_eq!(down.version_after, 2);
-    assert!(
-        schema::ensure_schema_version(&db, &tables, &emulator.options(), 0)
-            .await
-            .is_err()
-    );
+    assert_eq!(down.version_after, SCHEMA_VERSION);
+    let err = schema::ensure_schema_version(&db, &tables, &emulator.options(), 0)
+        .await
+        .expect_err("no version 0");
+    assert!(matches!(err, SchemaError::UnknownVersion(0)), "{err:?}");
 }
 
 #[tokio::test]
@@ -792,7 +840,7 @@ async fn drop_schema_drops_only_the_named_tables() {
         .expect("store");
     granted(
         store
-            .acquire(&LockKey::new("g", "l"), "a", LEASE)
+            .acquire(&LockKey::new("g", "l"), &"a".into(), LEASE)
             .await
             .expect("the other set still works"),
     );
@@ -825,16 +873,17 @@ async fn delete_group_deletes_exactly_that_group() {
     let s = emulator.store(&db).await.expect("store");
     for group in ["x", "x_y", "X"] {
         granted(
-            s.acquire(&LockKey::new(group, "leader"), "a", LEASE)
+            s.acquire(&LockKey::new(group, "leader"), &"a".into(), LEASE)
                 .await
                 .expect("acquire"),
         );
         granted(
-            s.acquire(&LockKey::new(group, "other"), "a", LEASE)
+            s.acquire(&LockKey::new(group, "other"), &"a".into(), LEASE)
                 .await
                 .expect("acquire"),
         );
         let hb = MemberHeartbeat {
+            incarnation: hedge::store::new_incarnation(),
             id: "a".into(),
             address: None,
             ttl: LEASE,
@@ -969,8 +1018,56 @@ async fn default_options_follow_spanner_emulator_host() {
         .await
         .expect("store through the environment's emulator");
     granted(
-        s.acquire(&LockKey::new("g", "l"), "a", LEASE)
+        s.acquire(&LockKey::new("g", "l"), &"a".into(), LEASE)
             .await
             .expect("acquire"),
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_lock_row_is_reported_with_its_key_and_overwritten_after_a_lease() {
+    let emulator = require_emulator!();
+    let db = emulator
+        .create_database_with_schema_default()
+        .await
+        .expect("db");
+    let raw = emulator.database_client(&db).await.expect("raw");
+    let s = emulator.store(&db).await.expect("store");
+    // A hand-edited row: a negative token hedge can never have written.
+    exec(
+        &raw,
+        "INSERT INTO hedge_locks (group_name, lock_name, holder, token, lease_us, heartbeat, \
+         granted_at) VALUES ('g', 'bad', 'x', -5, 1000000, PENDING_COMMIT_TIMESTAMP(), \
+         PENDING_COMMIT_TIMESTAMP())"
+            .into(),
+    )
+    .await;
+    let key = LockKey::new("g", "bad");
+    let lease = Duration::from_millis(800);
+    let err = s.lock_state(&key).await.expect_err("corrupt");
+    assert!(
+        matches!(&err, StoreError::Corrupt { table, key, message }
+            if table == "hedge_locks" && key == "g/bad" && message.contains("token is negative")),
+        "{err:?}"
+    );
+    // Before a lease has passed since its last write, nobody takes it...
+    let err = s
+        .acquire(&key, &"a".into(), lease)
+        .await
+        .expect_err("too fresh to overwrite");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    // ...and a renewal of it is a loss, never a success.
+    assert!(matches!(
+        s.renew(&key, "x", 1, lease).await.expect("renew"),
+        RenewOutcome::Lost(_)
+    ));
+    // After a lease, the next grant overwrites it with a token above the clock floor.
+    tokio::time::sleep(lease).await;
+    let token = granted(s.acquire(&key, &"a".into(), lease).await.expect("acquire"));
+    assert!(token > 1_000_000_000_000_000, "{token}");
+    let state = s.lock_state(&key).await.expect("readable").expect("row");
+    assert_eq!(
+        state.holder.map(|h| (h.id, h.token)),
+        Some(("a".into(), token))
     );
 }

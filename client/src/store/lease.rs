@@ -6,11 +6,29 @@
 
 use std::time::{Duration, SystemTime};
 
+/// The largest fencing token: tokens are stored as Spanner `INT64`, so every backend stops at
+/// `i64::MAX`.
+pub const MAX_TOKEN: u64 = i64::MAX as u64;
+
+/// The token space of a lock is used up (only a hand-edited row can get there: the clock floor
+/// reaches it in the year 294,000).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the lock's fencing token {previous} is the largest there is: no greater token can be granted; delete the row by hand to start again from the clock"
+)]
+pub struct TokensExhausted {
+    /// The token recorded in the row.
+    pub previous: u64,
+}
+
 /// A lock row as an atomic step observed it, with its age measured on the store's clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedLock {
     /// The holder, `None` once released.
     pub holder: Option<String>,
+    /// The holder's incarnation (`None` once released, or for rows written before schema
+    /// version 3).
+    pub holder_incarnation: Option<String>,
     /// The last token granted.
     pub token: u64,
     /// The lease the holder asked for at its last grant or renewal.
@@ -36,6 +54,7 @@ impl ObservedLock {
         }
         Some(LockHolder {
             id: self.holder.clone()?,
+            incarnation: self.holder_incarnation.clone(),
             token: self.token,
             remaining: self.lease.saturating_sub(self.age),
             since: self.granted_at,
@@ -48,6 +67,8 @@ impl ObservedLock {
 pub struct LockHolder {
     /// The holder's member id.
     pub id: String,
+    /// The holder's incarnation, when recorded.
+    pub incarnation: Option<String>,
     /// The fencing token of the holder's term.
     pub token: u64,
     /// How much of the holder's lease was left when the store looked, on the store's clock.
@@ -115,23 +136,31 @@ pub enum AcquireDecision {
 }
 
 /// The next fencing token: greater than the last one, and never below the store clock in
-/// microseconds since the Unix epoch.
+/// microseconds since the Unix epoch; at most [`MAX_TOKEN`].
 ///
 /// The clock floor is what keeps tokens increasing when a lock row is deleted (by a person, or a
 /// clean-up gone wrong, spindle's W6/W7): the next grant then starts from the clock, which is past
-/// every token granted before, since no lock is granted more than once a microsecond.
-pub fn next_token(previous: Option<u64>, now_unix_micros: u64) -> u64 {
-    let after_previous = previous.map_or(1, |t| t.saturating_add(1));
-    after_previous.max(now_unix_micros)
+/// every token granted before, since no lock is granted more than once a microsecond. (The
+/// memory store also keeps a high-water mark per lock, since its clock can stand still.)
+pub fn next_token(previous: Option<u64>, now_unix_micros: u64) -> Result<u64, TokensExhausted> {
+    let after_previous = match previous {
+        None => 1,
+        Some(p) if p >= MAX_TOKEN => return Err(TokensExhausted { previous: p }),
+        Some(p) => p + 1,
+    };
+    Ok(after_previous.max(now_unix_micros.min(MAX_TOKEN)))
 }
 
 /// Decides an acquire from the row the step read (`None`: no row).
-pub fn decide_acquire(row: Option<&ObservedLock>, now_unix_micros: u64) -> AcquireDecision {
+pub fn decide_acquire(
+    row: Option<&ObservedLock>,
+    now_unix_micros: u64,
+) -> Result<AcquireDecision, TokensExhausted> {
     match row.and_then(ObservedLock::live_holder) {
-        Some(holder) => AcquireDecision::Held(holder),
-        None => AcquireDecision::Grant {
-            token: next_token(row.map(|r| r.token), now_unix_micros),
-        },
+        Some(holder) => Ok(AcquireDecision::Held(holder)),
+        None => Ok(AcquireDecision::Grant {
+            token: next_token(row.map(|r| r.token), now_unix_micros)?,
+        }),
     }
 }
 
@@ -168,6 +197,7 @@ mod tests {
     fn row(holder: Option<&str>, token: u64, lease_ms: u64, age_ms: u64) -> ObservedLock {
         ObservedLock {
             holder: holder.map(str::to_owned),
+            holder_incarnation: holder.map(|h| format!("{h}-1")),
             token,
             lease: Duration::from_millis(lease_ms),
             age: Duration::from_millis(age_ms),
@@ -177,10 +207,13 @@ mod tests {
 
     #[test]
     fn a_missing_row_is_granted_from_the_clock_floor() {
-        assert_eq!(decide_acquire(None, 0), AcquireDecision::Grant { token: 1 });
+        assert_eq!(
+            decide_acquire(None, 0),
+            Ok(AcquireDecision::Grant { token: 1 })
+        );
         assert_eq!(
             decide_acquire(None, 500),
-            AcquireDecision::Grant { token: 500 }
+            Ok(AcquireDecision::Grant { token: 500 })
         );
     }
 
@@ -189,7 +222,7 @@ mod tests {
         // W4: a read in the same instant as the renewal commit must not see an expired lock.
         let r = row(Some("a"), 7, 1000, 0);
         assert!(
-            matches!(decide_acquire(Some(&r), 0), AcquireDecision::Held(h) if h.id == "a" && h.token == 7)
+            matches!(decide_acquire(Some(&r), 0), Ok(AcquireDecision::Held(h)) if h.id == "a" && h.token == 7)
         );
     }
 
@@ -198,16 +231,16 @@ mod tests {
         let expired = row(Some("a"), 7, 1000, 1000);
         assert_eq!(
             decide_acquire(Some(&expired), 0),
-            AcquireDecision::Grant { token: 8 }
+            Ok(AcquireDecision::Grant { token: 8 })
         );
         let released = row(None, 7, 1000, 0);
         assert_eq!(
             decide_acquire(Some(&released), 0),
-            AcquireDecision::Grant { token: 8 }
+            Ok(AcquireDecision::Grant { token: 8 })
         );
         assert_eq!(
             decide_acquire(Some(&released), 100),
-            AcquireDecision::Grant { token: 100 }
+            Ok(AcquireDecision::Grant { token: 100 })
         );
     }
 
@@ -247,9 +280,24 @@ mod tests {
     }
 
     #[test]
-    fn tokens_never_go_back() {
-        assert_eq!(next_token(Some(u64::MAX), 0), u64::MAX);
-        assert_eq!(next_token(Some(41), 10), 42);
-        assert_eq!(next_token(Some(41), 1_000_000), 1_000_000);
+    fn tokens_never_go_back_and_never_repeat() {
+        assert_eq!(next_token(Some(41), 10), Ok(42));
+        assert_eq!(next_token(Some(41), 1_000_000), Ok(1_000_000));
+        // The last token is never granted twice: the space is exhausted instead.
+        assert_eq!(next_token(Some(MAX_TOKEN - 1), 0), Ok(MAX_TOKEN));
+        assert_eq!(
+            next_token(Some(MAX_TOKEN), 0),
+            Err(TokensExhausted {
+                previous: MAX_TOKEN
+            })
+        );
+        assert_eq!(
+            next_token(Some(u64::MAX), u64::MAX),
+            Err(TokensExhausted { previous: u64::MAX })
+        );
+        // The clock floor never exceeds what INT64 can store.
+        assert_eq!(next_token(None, u64::MAX), Ok(MAX_TOKEN));
+        let expired = row(Some("a"), MAX_TOKEN, 1000, 5000);
+        assert!(decide_acquire(Some(&expired), 0).is_err());
     }
 }

@@ -1,7 +1,17 @@
-//! The in-process store: one critical section per operation, on tokio's monotonic clock.
+//! The in-process store: one critical section per operation, on tokio's clock.
 //!
 //! It backs the unit tests and simulations (with paused tokio time every timeout is exact and
 //! instant) and the local demo. Several members share one `MemoryStore` by cloning it.
+//!
+//! A store whose operations take no time cannot catch a deadline computed from the reply, so
+//! the memory store can be given what the real one has:
+//!
+//! * [`Latency`]: every operation waits `request` before its critical section (the request's
+//!   trip to the store) and `reply` after it (the reply's trip back). The state changes at the
+//!   moment a real commit would, in between.
+//! * [`ClockSkew`]: the store's clock runs ahead of or behind the members' clock, and can jump
+//!   at any moment, as a server's clock may. Leases and ages are judged on the store's clock
+//!   only.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,7 +23,30 @@ use tokio::time::Instant;
 use super::lease::{
     self, AcquireDecision, AcquireOutcome, ObservedLock, ReleaseOutcome, RenewOutcome,
 };
-use super::{LockKey, LockState, MemberHeartbeat, MemberRecord, Store, StoreResult};
+use super::{
+    Candidate, LockKey, LockState, MemberHeartbeat, MemberRecord, Store, StoreError, StoreResult,
+};
+
+/// How long each operation of a [`MemoryStore`] takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// From the call to the critical section (the request's way to the store).
+    pub request: Duration,
+    /// From the critical section to the return (the reply's way back).
+    pub reply: Duration,
+}
+
+/// Where the store's clock stands relative to the members' (tokio's) clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClockSkew {
+    /// The same clock.
+    #[default]
+    None,
+    /// The store's clock reads this much later than the members'.
+    Ahead(Duration),
+    /// The store's clock reads this much earlier than the members'.
+    Behind(Duration),
+}
 
 /// The in-process store. Clones share the same state.
 #[derive(Clone, Debug)]
@@ -27,12 +60,19 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct State {
     locks: BTreeMap<LockKey, LockRow>,
+    /// The greatest token ever granted per lock, kept when a row is deleted: the store's clock
+    /// (the token floor) may stand still under paused time, so it alone cannot keep tokens
+    /// increasing.
+    high_water: BTreeMap<LockKey, u64>,
     members: BTreeMap<(String, String), MemberRow>,
+    latency: Latency,
+    skew: ClockSkew,
 }
 
 #[derive(Clone, Debug)]
 struct LockRow {
     holder: Option<String>,
+    holder_incarnation: Option<String>,
     token: u64,
     lease: Duration,
     heartbeat: Instant,
@@ -41,6 +81,7 @@ struct LockRow {
 
 #[derive(Clone, Debug)]
 struct MemberRow {
+    incarnation: String,
     address: Option<String>,
     ttl: Duration,
     heartbeat: Instant,
@@ -54,13 +95,25 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store whose clock starts now.
+    /// An empty store whose clock starts now, with no latency and no skew.
     pub fn new() -> Self {
         Self {
             inner: Arc::default(),
             origin: Instant::now(),
             wall_origin: SystemTime::now(),
         }
+    }
+
+    /// Makes every operation from now on take `latency`.
+    pub fn set_latency(&self, latency: Latency) {
+        self.state().latency = latency;
+    }
+
+    /// Moves the store's clock relative to the members' clock from now on (a jump, if it was
+    /// elsewhere before). Rows keep the times they were written at, so a jump ahead makes every
+    /// lease look older at once.
+    pub fn set_clock_skew(&self, skew: ClockSkew) {
+        self.state().skew = skew;
     }
 
     /// Deletes a lock row, as a person (or a clean-up gone wrong) might: for recovery tests.
@@ -74,6 +127,25 @@ impl MemoryStore {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `op` as one atomic step: after the request latency, in one critical section at the
+    /// store's current time, and returns its result after the reply latency.
+    async fn step<T>(&self, op: impl FnOnce(&mut State, Instant) -> T) -> T {
+        let request = self.state().latency.request;
+        if !request.is_zero() {
+            tokio::time::sleep(request).await;
+        }
+        let (result, reply) = {
+            let mut state = self.state();
+            let now = store_clock(Instant::now(), state.skew);
+            let result = op(&mut state, now);
+            (result, state.latency.reply)
+        };
+        if !reply.is_zero() {
+            tokio::time::sleep(reply).await;
+        }
+        result
     }
 
     fn wall(&self, at: Instant) -> SystemTime {
@@ -91,6 +163,7 @@ impl MemoryStore {
     fn observe(&self, row: &LockRow, now: Instant) -> ObservedLock {
         ObservedLock {
             holder: row.holder.clone(),
+            holder_incarnation: row.holder_incarnation.clone(),
             token: row.token,
             lease: row.lease,
             age: now.saturating_duration_since(row.heartbeat),
@@ -99,33 +172,62 @@ impl MemoryStore {
     }
 }
 
+/// The store's clock at the members' instant `at`.
+fn store_clock(at: Instant, skew: ClockSkew) -> Instant {
+    match skew {
+        ClockSkew::None => at,
+        ClockSkew::Ahead(d) => at + d,
+        ClockSkew::Behind(d) => at.checked_sub(d).unwrap_or(at),
+    }
+}
+
+fn exhausted(key: &LockKey, e: lease::TokensExhausted) -> StoreError {
+    StoreError::Corrupt {
+        table: "memory".into(),
+        key: key.to_string(),
+        message: e.to_string(),
+    }
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     async fn acquire(
         &self,
         key: &LockKey,
-        candidate: &str,
+        candidate: &Candidate,
         lease: Duration,
     ) -> StoreResult<AcquireOutcome> {
-        let now = Instant::now();
-        let mut state = self.state();
-        let observed = state.locks.get(key).map(|r| self.observe(r, now));
-        match lease::decide_acquire(observed.as_ref(), self.unix_micros(now)) {
-            AcquireDecision::Held(holder) => Ok(AcquireOutcome::Held(holder)),
-            AcquireDecision::Grant { token } => {
-                state.locks.insert(
-                    key.clone(),
-                    LockRow {
-                        holder: Some(candidate.to_owned()),
-                        token,
-                        lease,
-                        heartbeat: now,
-                        granted_at: now,
-                    },
-                );
-                Ok(AcquireOutcome::Granted { token })
+        self.step(|state, now| {
+            let observed = state.locks.get(key).map(|r| self.observe(r, now));
+            let high_water = state.high_water.get(key).copied();
+            let previous = observed.as_ref().map(|o| o.token).max(high_water);
+            let floor = self.unix_micros(now);
+            let decision = match lease::decide_acquire(observed.as_ref(), floor) {
+                Ok(AcquireDecision::Grant { .. }) => {
+                    lease::next_token(previous, floor).map(|token| AcquireDecision::Grant { token })
+                }
+                other => other,
+            };
+            match decision.map_err(|e| exhausted(key, e))? {
+                AcquireDecision::Held(holder) => Ok(AcquireOutcome::Held(holder)),
+                AcquireDecision::Grant { token } => {
+                    state.high_water.insert(key.clone(), token);
+                    state.locks.insert(
+                        key.clone(),
+                        LockRow {
+                            holder: Some(candidate.id.clone()),
+                            holder_incarnation: Some(candidate.incarnation.clone()),
+                            token,
+                            lease,
+                            heartbeat: now,
+                            granted_at: now,
+                        },
+                    );
+                    Ok(AcquireOutcome::Granted { token })
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn renew(
@@ -135,19 +237,20 @@ impl Store for MemoryStore {
         token: u64,
         lease: Duration,
     ) -> StoreResult<RenewOutcome> {
-        let now = Instant::now();
-        let mut state = self.state();
-        let observed = state.locks.get(key).map(|r| self.observe(r, now));
-        match lease::decide_renew(observed.as_ref(), holder, token) {
-            Err(cause) => Ok(RenewOutcome::Lost(cause)),
-            Ok(()) => {
-                if let Some(row) = state.locks.get_mut(key) {
-                    row.heartbeat = now;
-                    row.lease = lease;
+        self.step(|state, now| {
+            let observed = state.locks.get(key).map(|r| self.observe(r, now));
+            match lease::decide_renew(observed.as_ref(), holder, token) {
+                Err(cause) => Ok(RenewOutcome::Lost(cause)),
+                Ok(()) => {
+                    if let Some(row) = state.locks.get_mut(key) {
+                        row.heartbeat = now;
+                        row.lease = lease;
+                    }
+                    Ok(RenewOutcome::Renewed)
                 }
-                Ok(RenewOutcome::Renewed)
             }
-        }
+        })
+        .await
     }
 
     async fn release(
@@ -156,74 +259,85 @@ impl Store for MemoryStore {
         holder: &str,
         token: u64,
     ) -> StoreResult<ReleaseOutcome> {
-        let now = Instant::now();
-        let mut state = self.state();
-        let observed = state.locks.get(key).map(|r| self.observe(r, now));
-        if !lease::decide_release(observed.as_ref(), holder, token) {
-            return Ok(ReleaseOutcome::NotHolder);
-        }
-        if let Some(row) = state.locks.get_mut(key) {
-            row.holder = None;
-            row.heartbeat = now;
-        }
-        Ok(ReleaseOutcome::Released)
+        self.step(|state, now| {
+            let observed = state.locks.get(key).map(|r| self.observe(r, now));
+            if !lease::decide_release(observed.as_ref(), holder, token) {
+                return Ok(ReleaseOutcome::NotHolder);
+            }
+            if let Some(row) = state.locks.get_mut(key) {
+                row.holder = None;
+                row.holder_incarnation = None;
+                row.heartbeat = now;
+            }
+            Ok(ReleaseOutcome::Released)
+        })
+        .await
     }
 
     async fn lock_state(&self, key: &LockKey) -> StoreResult<Option<LockState>> {
-        let now = Instant::now();
-        let state = self.state();
-        Ok(state.locks.get(key).map(|row| {
-            let observed = self.observe(row, now);
-            LockState {
-                holder: observed.live_holder(),
-                last_token: observed.token,
-            }
-        }))
+        self.step(|state, now| {
+            Ok(state.locks.get(key).map(|row| {
+                let observed = self.observe(row, now);
+                LockState {
+                    holder: observed.live_holder(),
+                    last_token: observed.token,
+                }
+            }))
+        })
+        .await
     }
 
     async fn heartbeat_member(&self, group: &str, member: &MemberHeartbeat) -> StoreResult<()> {
-        let now = Instant::now();
-        let mut state = self.state();
-        let key = (group.to_owned(), member.id.clone());
-        let alive = |row: &MemberRow| now.saturating_duration_since(row.heartbeat) < row.ttl;
-        let joined_at = match state.members.get(&key) {
-            Some(row) if alive(row) => row.joined_at,
-            _ => now,
-        };
-        state.members.insert(
-            key,
-            MemberRow {
-                address: member.address.clone(),
-                ttl: member.ttl,
-                heartbeat: now,
-                joined_at,
-            },
-        );
-        Ok(())
+        self.step(|state, now| {
+            let key = (group.to_owned(), member.id.clone());
+            let continuing = |row: &MemberRow| {
+                now.saturating_duration_since(row.heartbeat) < row.ttl
+                    && row.incarnation == member.incarnation
+            };
+            let joined_at = match state.members.get(&key) {
+                Some(row) if continuing(row) => row.joined_at,
+                _ => now,
+            };
+            state.members.insert(
+                key,
+                MemberRow {
+                    incarnation: member.incarnation.clone(),
+                    address: member.address.clone(),
+                    ttl: member.ttl,
+                    heartbeat: now,
+                    joined_at,
+                },
+            );
+            Ok(())
+        })
+        .await
     }
 
     async fn remove_member(&self, group: &str, id: &str) -> StoreResult<()> {
-        self.state()
-            .members
-            .remove(&(group.to_owned(), id.to_owned()));
-        Ok(())
+        self.step(|state, _| {
+            state.members.remove(&(group.to_owned(), id.to_owned()));
+            Ok(())
+        })
+        .await
     }
 
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
-        let now = Instant::now();
-        let state = self.state();
-        Ok(state
-            .members
-            .iter()
-            .filter(|((g, _), row)| {
-                g == group && now.saturating_duration_since(row.heartbeat) < row.ttl
-            })
-            .map(|((_, id), row)| MemberRecord {
-                id: id.clone(),
-                address: row.address.clone(),
-                joined_at: self.wall(row.joined_at),
-            })
-            .collect())
+        self.step(|state, now| {
+            Ok(state
+                .members
+                .iter()
+                .filter(|((g, _), row)| {
+                    g == group && now.saturating_duration_since(row.heartbeat) < row.ttl
+                })
+                .map(|((_, id), row)| MemberRecord {
+                    id: id.clone(),
+                    incarnation: Some(row.incarnation.clone()),
+                    address: row.address.clone(),
+                    joined_at: self.wall(row.joined_at),
+                })
+                .collect())
+        })
+        .await
     }
 }
 
@@ -231,19 +345,41 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
 
+    fn beat(id: &str, incarnation: &str) -> MemberHeartbeat {
+        MemberHeartbeat {
+            id: id.into(),
+            incarnation: incarnation.into(),
+            address: Some("10.0.0.1:7946".into()),
+            ttl: Duration::from_secs(2),
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn members_expire_on_the_store_clock() {
         let store = MemoryStore::new();
-        let hb = MemberHeartbeat {
-            id: "a".into(),
-            address: Some("10.0.0.1:7946".into()),
-            ttl: Duration::from_secs(2),
-        };
-        store.heartbeat_member("g", &hb).await.unwrap();
+        store.heartbeat_member("g", &beat("a", "1")).await.unwrap();
         assert_eq!(store.list_members("g").await.unwrap().len(), 1);
         assert!(store.list_members("other").await.unwrap().is_empty());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(store.list_members("g").await.unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_incarnation_is_a_new_membership() {
+        let store = MemoryStore::new();
+        store.heartbeat_member("g", &beat("a", "1")).await.unwrap();
+        let first = store.list_members("g").await.unwrap()[0].clone();
+        tokio::time::advance(Duration::from_millis(500)).await;
+        store.heartbeat_member("g", &beat("a", "1")).await.unwrap();
+        assert_eq!(
+            store.list_members("g").await.unwrap()[0].joined_at,
+            first.joined_at
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        store.heartbeat_member("g", &beat("a", "2")).await.unwrap();
+        let again = store.list_members("g").await.unwrap()[0].clone();
+        assert_eq!(again.incarnation.as_deref(), Some("2"));
+        assert!(again.joined_at > first.joined_at);
     }
 
     #[tokio::test(start_paused = true)]
@@ -260,5 +396,104 @@ mod tests {
             store.renew(&key, "a", 1, Duration::from_secs(1)).await,
             Ok(RenewOutcome::Lost(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lease_ends_exactly_at_its_length_on_the_store_clock() {
+        let store = MemoryStore::new();
+        let key = LockKey::new("g", "l");
+        let lease = Duration::from_secs(1);
+        let a = Candidate::new("a");
+        let b = Candidate::new("b");
+        assert!(matches!(
+            store.acquire(&key, &a, lease).await.unwrap(),
+            AcquireOutcome::Granted { .. }
+        ));
+        tokio::time::advance(lease - Duration::from_nanos(1)).await;
+        assert!(matches!(
+            store.acquire(&key, &b, lease).await.unwrap(),
+            AcquireOutcome::Held(h) if h.id == "a" && h.remaining == Duration::from_nanos(1)
+        ));
+        tokio::time::advance(Duration::from_nanos(1)).await;
+        assert!(matches!(
+            store.acquire(&key, &b, lease).await.unwrap(),
+            AcquireOutcome::Granted { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_surrounds_the_commit() {
+        let store = MemoryStore::new();
+        store.set_latency(Latency {
+            request: Duration::from_millis(100),
+            reply: Duration::from_millis(300),
+        });
+        let key = LockKey::new("g", "l");
+        let started = Instant::now();
+        let granted = store
+            .acquire(&key, &Candidate::new("a"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(matches!(granted, AcquireOutcome::Granted { .. }));
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
+        // The lease counts from the commit, 300 ms before the reply arrived.
+        store.set_latency(Latency::default());
+        let held = store
+            .lock_state(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .holder
+            .unwrap();
+        assert_eq!(held.remaining, Duration::from_millis(700));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_jump_ahead_ages_every_lease() {
+        let store = MemoryStore::new();
+        let key = LockKey::new("g", "l");
+        store
+            .acquire(&key, &Candidate::new("a"), Duration::from_secs(1))
+            .await
+            .unwrap();
+        store.set_clock_skew(ClockSkew::Ahead(Duration::from_millis(600)));
+        let held = store
+            .lock_state(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .holder
+            .unwrap();
+        assert_eq!(held.remaining, Duration::from_millis(400));
+        store.set_clock_skew(ClockSkew::Ahead(Duration::from_secs(1)));
+        assert!(
+            store
+                .lock_state(&key)
+                .await
+                .unwrap()
+                .unwrap()
+                .holder
+                .is_none()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_keep_increasing_after_a_deleted_row_while_the_clock_stands_still() {
+        let store = MemoryStore::new();
+        let key = LockKey::new("g", "l");
+        let lease = Duration::from_secs(1);
+        let mut last = 0;
+        for _ in 0..3 {
+            let AcquireOutcome::Granted { token } = store
+                .acquire(&key, &Candidate::new("a"), lease)
+                .await
+                .unwrap()
+            else {
+                panic!("the lock is free");
+            };
+            assert!(token > last, "{token} after {last}");
+            last = token;
+            store.delete_lock_row(&key);
+        }
     }
 }

@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub use crate::names::TableNames;
 pub use lease::{AcquireOutcome, LockHolder, ReleaseOutcome, RenewOutcome};
-pub use memory::MemoryStore;
-pub use schema::TableNames;
+pub use memory::{ClockSkew, Latency, MemoryStore};
 #[cfg(feature = "spanner")]
 pub use spanner::SpannerStore;
 
@@ -54,6 +54,46 @@ impl std::fmt::Display for LockKey {
     }
 }
 
+/// Who asks for a lock: a member id, and the incarnation of the process asking (a value fresh
+/// for every start of a member, so that a restarted process with the same member id is told
+/// apart from its predecessor, and a grant whose reply was lost can be recognised as ours).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// The member id.
+    pub id: String,
+    /// The incarnation.
+    pub incarnation: String,
+}
+
+impl Candidate {
+    /// A candidate `id` with a fresh incarnation.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            incarnation: new_incarnation(),
+        }
+    }
+}
+
+impl From<&str> for Candidate {
+    /// A candidate with a fresh incarnation.
+    fn from(id: &str) -> Self {
+        Self::new(id)
+    }
+}
+
+impl From<String> for Candidate {
+    /// A candidate with a fresh incarnation.
+    fn from(id: String) -> Self {
+        Self::new(id)
+    }
+}
+
+/// A fresh incarnation: 32 random hex digits.
+pub fn new_incarnation() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// A lock as a strong read sees it, for status reports and `leader()` queries from outside the
 /// election loop (the operator uses it for the `HedgeGroup` status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +109,9 @@ pub struct LockState {
 pub struct MemberRecord {
     /// The member's stable id.
     pub id: String,
+    /// The incarnation of the process behind the member (`None` for rows written by a hedge
+    /// older than schema version 3).
+    pub incarnation: Option<String>,
     /// The member's peer address (`ip:port`), when it has one.
     pub address: Option<String>,
     /// When the member first joined, on the store's clock.
@@ -80,16 +123,29 @@ pub struct MemberRecord {
 pub struct MemberHeartbeat {
     /// The member's stable id.
     pub id: String,
+    /// The incarnation of this process (see [`Candidate`]). A heartbeat with a new incarnation
+    /// starts a new membership: `joined_at` is reset.
+    pub incarnation: String,
     /// The member's peer address (`ip:port`), when it has one.
     pub address: Option<String>,
     /// How long the row counts as alive after this heartbeat commits.
     pub ttl: Duration,
 }
 
-/// The errors of a store backend.
+/// The errors of a store backend, classified by what retrying can fix.
+///
+/// | kind | retried? | typical cause |
+/// |---|---|---|
+/// | [`Unavailable`](StoreError::Unavailable), [`Timeout`](StoreError::Timeout), [`Backend`](StoreError::Backend) | yes, with backoff | network, an overloaded or restarting Spanner, aborted transactions |
+/// | [`PermissionDenied`](StoreError::PermissionDenied) | yes, logged at error level | an IAM role not granted yet (Workload Identity bindings take minutes to apply) |
+/// | [`DatabaseNotFound`](StoreError::DatabaseNotFound), [`InvalidDatabase`](StoreError::InvalidDatabase) | no | a wrong database path |
+/// | [`MissingTable`](StoreError::MissingTable), [`SchemaMismatch`](StoreError::SchemaMismatch) | no | the schema was not provisioned, or is older than this hedge |
+/// | [`InvalidRequest`](StoreError::InvalidRequest) | no | a value Spanner refuses, a statement it cannot parse |
+/// | [`Corrupt`](StoreError::Corrupt) | per row | a row hedge cannot read; the next grant overwrites it |
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend could not be reached (network, DNS, a closed emulator).
+    /// The backend could not be reached, or answered "try again" (network, DNS, a closed
+    /// emulator, Unavailable, DeadlineExceeded, Aborted, ResourceExhausted, Internal).
     #[error("the coordination store is unreachable: {message}")]
     Unavailable {
         /// What failed, with the remedy where one is known.
@@ -98,30 +154,60 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// An operation did not complete within its deadline (it may still have committed).
+    #[error("the coordination store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The credentials were refused, or lack a permission the operation needs.
+    #[error("access to the coordination store was denied: {message}")]
+    PermissionDenied {
+        /// What was denied, and the IAM role that grants it.
+        message: String,
+    },
+    /// The database (or its instance) does not exist.
+    #[error("database {database} does not exist: {message}")]
+    DatabaseNotFound {
+        /// The database path.
+        database: String,
+        /// Spanner's message and what to fix.
+        message: String,
+    },
+    /// The database path is malformed.
+    #[error("invalid database: {0}")]
+    InvalidDatabase(String),
     /// A table the operation needs does not exist.
     #[error(
         "table `{table}` does not exist in the database: create the schema first \
-         (apply a HedgeGroup with the operator, or call hedge::store::schema::ensure_schema)"
+         (apply a HedgeGroup with the operator, run `hedge-operator schema apply`, or call \
+         hedge::store::schema::ensure_schema)"
     )]
     MissingTable {
         /// The missing table.
         table: String,
     },
-    /// The database does not exist or the path is malformed.
-    #[error("invalid database: {0}")]
-    InvalidDatabase(String),
-    /// An operation did not complete within its deadline.
-    #[error("the coordination store did not answer within {0:?}")]
-    Timeout(Duration),
+    /// The tables exist but lack a column (or another object) this version of hedge needs.
+    #[error("the tables do not match this version of hedge: {message}")]
+    SchemaMismatch {
+        /// What is missing, and what to run.
+        message: String,
+    },
+    /// The store refused the request itself (an invalid argument, a statement it cannot parse,
+    /// an unsupported operation): retrying the same request cannot succeed.
+    #[error("the coordination store refused the request: {message}")]
+    InvalidRequest {
+        /// Spanner's message, and what to fix.
+        message: String,
+    },
     /// A row holds data this version of hedge cannot read (a corrupted or foreign row).
-    #[error("unexpected data in table `{table}`: {message}")]
+    #[error("unexpected data in table `{table}` at key {key}: {message}")]
     Corrupt {
         /// The table that holds the row.
         table: String,
+        /// The row's key.
+        key: String,
         /// What was wrong with it.
         message: String,
     },
-    /// Any other backend error.
+    /// Any other backend error; retried.
     #[error("coordination store error: {message}")]
     Backend {
         /// What failed.
@@ -133,12 +219,32 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying the same operation later may succeed.
+    /// Whether retrying the same operation later may succeed (see the table on [`StoreError`]).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable { .. } | StoreError::Timeout(_) | StoreError::Backend { .. }
+            StoreError::Unavailable { .. }
+                | StoreError::Timeout(_)
+                | StoreError::Backend { .. }
+                | StoreError::PermissionDenied { .. }
         )
+    }
+
+    /// A short, stable name of the kind of error (the variant's name), for condition reasons,
+    /// metric labels and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable { .. } => "Unavailable",
+            StoreError::Timeout(_) => "Timeout",
+            StoreError::PermissionDenied { .. } => "PermissionDenied",
+            StoreError::DatabaseNotFound { .. } => "DatabaseNotFound",
+            StoreError::InvalidDatabase(_) => "InvalidDatabase",
+            StoreError::MissingTable { .. } => "MissingTable",
+            StoreError::SchemaMismatch { .. } => "SchemaMismatch",
+            StoreError::InvalidRequest { .. } => "InvalidRequest",
+            StoreError::Corrupt { .. } => "Corrupt",
+            StoreError::Backend { .. } => "Backend",
+        }
     }
 }
 
@@ -155,10 +261,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Grants `key` to `candidate` for `lease` if the lock is free (never held, released, or its
     /// holder's lease expired), with a fresh fencing token greater than every token granted for
     /// this key before. Otherwise reports the current holder.
+    ///
+    /// A row that cannot be read ([`StoreError::Corrupt`]) counts as expired once it is older
+    /// than `lease`, and is overwritten by the grant.
     async fn acquire(
         &self,
         key: &LockKey,
-        candidate: &str,
+        candidate: &Candidate,
         lease: Duration,
     ) -> StoreResult<AcquireOutcome>;
 

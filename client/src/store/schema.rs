@@ -9,35 +9,19 @@
 use std::fmt;
 
 /// The newest schema version this crate writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
-/// Errors about table names and schema provisioning.
+pub use crate::names::{TableNames, TableNamesError};
+
+/// Errors of schema provisioning.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    /// A table name that Spanner would not accept, or that could smuggle SQL.
-    #[error(
-        "invalid table name `{name}` for {role}: use 1 to 128 ASCII letters, digits and \
-         underscores, starting with a letter"
-    )]
-    InvalidTableName {
-        /// Which table (`locks`, `members`, `schema`).
-        role: &'static str,
-        /// The name given.
-        name: String,
-    },
-    /// Two roles were given the same table.
-    #[error("the {first} and {second} tables must have different names (both are `{name}`)")]
-    DuplicateTableName {
-        /// One role.
-        first: &'static str,
-        /// The other role.
-        second: &'static str,
-        /// The shared name.
-        name: String,
-    },
+    /// A table name Spanner would refuse (or two roles sharing a table).
+    #[error(transparent)]
+    Tables(#[from] TableNamesError),
     /// The database path is malformed.
     #[error(transparent)]
-    Database(#[from] crate::config::DatabasePathError),
+    Database(#[from] crate::names::DatabasePathError),
     /// The database is newer than this crate.
     #[error(
         "the database holds hedge schema version {found}, newer than the {supported} this \
@@ -49,80 +33,36 @@ pub enum SchemaError {
         /// [`SCHEMA_VERSION`].
         supported: i64,
     },
-    /// The admin API or a query failed.
-    #[error("schema provisioning failed while {step}: {message}")]
+    /// A version that does not exist was asked for.
+    #[error("schema version {0} does not exist: use 1 to {SCHEMA_VERSION}")]
+    UnknownVersion(i64),
+    /// Spanner (the admin API or a query) failed; the source says how.
+    #[error("schema provisioning failed while {step}: {source}")]
     Spanner {
         /// What was being done.
         step: &'static str,
-        /// The error's text.
-        message: String,
+        /// The store's error, classified.
+        #[source]
+        source: super::StoreError,
     },
 }
 
-/// The names of hedge's tables. Several groups share one set of tables: rows are keyed by group.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TableNames {
-    /// One row per lock: holder, fencing token, lease.
-    pub locks: String,
-    /// One row per member: address and heartbeat.
-    pub members: String,
-    /// One row per table set: the schema version.
-    pub schema: String,
-}
-
-impl Default for TableNames {
-    fn default() -> Self {
-        Self {
-            locks: "hedge_locks".into(),
-            members: "hedge_members".into(),
-            schema: "hedge_schema".into(),
+impl SchemaError {
+    /// A short, stable name of what went wrong, for condition reasons and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SchemaError::Tables(_) => "InvalidTableName",
+            SchemaError::Database(_) => "InvalidDatabase",
+            SchemaError::TooNew { .. } => "SchemaTooNew",
+            SchemaError::UnknownVersion(_) => "UnknownSchemaVersion",
+            SchemaError::Spanner { source, .. } => source.reason(),
         }
     }
-}
 
-impl TableNames {
-    /// Checks that every name is a plain Spanner identifier and that the names differ.
-    ///
-    /// Table names cannot be bound parameters, so they are the one thing ever formatted into
-    /// SQL; this check is what makes that safe.
-    pub fn validate(&self) -> Result<(), SchemaError> {
-        let roles = self.roles();
-        for (role, name) in roles {
-            if !is_identifier(name) {
-                return Err(SchemaError::InvalidTableName {
-                    role,
-                    name: name.to_owned(),
-                });
-            }
-        }
-        for (i, (first, a)) in roles.iter().enumerate() {
-            for (second, b) in &roles[i + 1..] {
-                if a.eq_ignore_ascii_case(b) {
-                    return Err(SchemaError::DuplicateTableName {
-                        first,
-                        second,
-                        name: (*a).to_owned(),
-                    });
-                }
-            }
-        }
-        Ok(())
+    /// Whether retrying the same provisioning later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SchemaError::Spanner { source, .. } if source.is_transient())
     }
-
-    fn roles(&self) -> [(&'static str, &str); 3] {
-        [
-            ("locks", self.locks.as_str()),
-            ("members", self.members.as_str()),
-            ("schema", self.schema.as_str()),
-        ]
-    }
-}
-
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
-        && name.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// One DDL statement and the table (and column) whose existence shows it was applied.
@@ -160,6 +100,8 @@ impl fmt::Display for Migration {
 ///
 /// * Version 1: the schema table and the lock table.
 /// * Version 2: the member table.
+/// * Version 3: the incarnation of each lock holder and member (a value fresh for every process
+///   start), so that a lost grant can be recognised and a restarted pod is a new member.
 pub fn migrations(tables: &TableNames) -> Vec<Migration> {
     let TableNames {
         locks,
@@ -215,6 +157,23 @@ pub fn migrations(tables: &TableNames) -> Vec<Migration> {
                 ),
             }],
         },
+        Migration {
+            version: 3,
+            items: vec![
+                DdlItem {
+                    table: locks.clone(),
+                    column: Some("holder_incarnation".into()),
+                    statement: format!(
+                        "ALTER TABLE {locks} ADD COLUMN holder_incarnation STRING(64)"
+                    ),
+                },
+                DdlItem {
+                    table: members.clone(),
+                    column: Some("incarnation".into()),
+                    statement: format!("ALTER TABLE {members} ADD COLUMN incarnation STRING(64)"),
+                },
+            ],
+        },
     ]
 }
 
@@ -269,10 +228,7 @@ mod provision {
     }
 
     fn spanner_error(step: &'static str) -> impl FnOnce(StoreError) -> SchemaError {
-        move |e| SchemaError::Spanner {
-            step,
-            message: e.to_string(),
-        }
+        move |source| SchemaError::Spanner { step, source }
     }
 
     /// Brings the tables `tables` of `db` to [`SCHEMA_VERSION`]: creates exactly the missing
@@ -302,10 +258,7 @@ mod provision {
         tables.validate()?;
         db.to_string().parse::<DatabasePath>()?;
         if !(1..=SCHEMA_VERSION).contains(&target) {
-            return Err(SchemaError::Spanner {
-                step: "choosing the target version",
-                message: format!("version {target} does not exist: use 1 to {SCHEMA_VERSION}"),
-            });
+            return Err(SchemaError::UnknownVersion(target));
         }
         let conn = Connection::open(db, options)
             .await
@@ -388,6 +341,7 @@ mod provision {
                 .query(&ctx, "counting table sets", statement, |row| {
                     row.get::<i64>("others").map_err(|e| StoreError::Corrupt {
                         table: schema.clone(),
+                        key: "(count of other table sets)".into(),
                         message: e.to_string(),
                     })
                 })
@@ -451,6 +405,7 @@ mod provision {
                     let get = |name: &str| {
                         row.get::<String>(name).map_err(|e| StoreError::Corrupt {
                             table: "INFORMATION_SCHEMA.COLUMNS".into(),
+                            key: name.to_owned(),
                             message: e.to_string(),
                         })
                     };
@@ -491,6 +446,7 @@ mod provision {
             .query(&ctx, "reading the schema version", statement, |row| {
                 row.get::<i64>("version").map_err(|e| StoreError::Corrupt {
                     table: schema.clone(),
+                    key: tables.locks.clone(),
                     message: e.to_string(),
                 })
             })
@@ -583,10 +539,7 @@ mod provision {
             .poller()
             .until_done();
         match tokio::time::timeout(timeout, operation).await {
-            Err(_) => Err(SchemaError::Spanner {
-                step,
-                message: format!("the schema change did not finish within {timeout:?}"),
-            }),
+            Err(_) => Err(spanner_error(step)(StoreError::Timeout(timeout))),
             Ok(Err(e)) => {
                 let ctx = ErrorContext::new(&conn.database, &conn.options, None);
                 Err(spanner_error(step)(map_error(&ctx, step, e)))
@@ -606,38 +559,6 @@ mod tests {
         tables.validate().unwrap();
         let versions: Vec<i64> = migrations(&tables).iter().map(|m| m.version).collect();
         assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
-        assert_eq!(ddl(&tables).len(), 3);
-    }
-
-    #[test]
-    fn names_that_could_smuggle_sql_are_rejected() {
-        for bad in [
-            "",
-            "1abc",
-            "a b",
-            "a;DROP TABLE x",
-            "a-b",
-            "a`b",
-            &"a".repeat(129),
-        ] {
-            let tables = TableNames {
-                locks: bad.to_owned(),
-                ..TableNames::default()
-            };
-            let err = tables.validate().unwrap_err();
-            assert!(err.to_string().contains("invalid table name"), "{err}");
-        }
-    }
-
-    #[test]
-    fn two_roles_cannot_share_a_table() {
-        let tables = TableNames {
-            members: "HEDGE_LOCKS".into(),
-            ..TableNames::default()
-        };
-        assert!(matches!(
-            tables.validate(),
-            Err(SchemaError::DuplicateTableName { .. })
-        ));
+        assert_eq!(ddl(&tables).len(), 5);
     }
 }
