@@ -72,15 +72,18 @@ impl SpannerProvisioner {
     }
 }
 
-/// The reason of a store error, for conditions and metrics.
-fn store_reason(e: &StoreError) -> &'static str {
-    match e {
-        StoreError::Unavailable { .. } => "SpannerUnavailable",
-        StoreError::Timeout(_) => "SpannerTimeout",
-        StoreError::MissingTable { .. } => "MissingTable",
-        StoreError::InvalidDatabase(_) => "DatabaseNotFound",
-        StoreError::Corrupt { .. } => "SchemaMismatch",
-        StoreError::Backend { .. } => "SpannerError",
+/// The reason of a store error, for conditions and metrics: the client's classification
+/// ([`StoreError::reason`]), prefixed with `Spanner` where the bare word would not say where the
+/// failure was (`SpannerUnavailable`, not `Unavailable`). `PermissionDenied` and
+/// `DatabaseNotFound` keep their names: they are not Spanner being down.
+pub fn store_reason(e: &StoreError) -> &'static str {
+    match e.reason() {
+        "Unavailable" => "SpannerUnavailable",
+        "Timeout" => "SpannerTimeout",
+        "Backend" => "SpannerError",
+        "InvalidRequest" => "SpannerRejected",
+        "Corrupt" => "CorruptRow",
+        other => other,
     }
 }
 
@@ -95,14 +98,14 @@ fn store_error(step: &'static str) -> impl Fn(StoreError) -> ProvisionError {
 fn schema_error(step: &'static str) -> impl Fn(SchemaError) -> ProvisionError {
     move |e| match e {
         SchemaError::TooNew { found, supported } => ProvisionError::TooNew { found, supported },
-        SchemaError::Spanner { .. } => ProvisionError::Spanner {
+        SchemaError::Spanner { ref source, .. } => ProvisionError::Spanner {
             step,
-            reason: "SpannerError",
+            reason: store_reason(source),
             message: e.to_string(),
         },
         other => ProvisionError::Spanner {
             step,
-            reason: "SpannerRejected",
+            reason: other.reason(),
             message: other.to_string(),
         },
     }
