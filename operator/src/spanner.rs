@@ -10,18 +10,17 @@ use async_trait::async_trait;
 use hedge::DatabasePath;
 use hedge::store::schema::{self, SchemaError};
 use hedge::store::spanner::SpannerOptions;
-use hedge::store::{LockKey, SpannerStore, Store, StoreError, TableNames};
+use hedge::store::{SpannerStore, StoreError, TableNames};
 use tokio::sync::OnceCell;
 
 use crate::provision::{GroupState, Leader, ProvisionError, Provisioner, SchemaOutcome};
 
 type Key = (DatabasePath, TableNames);
 
-/// One database and table set: its store, connected once, and the schema version last ensured.
+/// One database and table set: its store, connected once.
 #[derive(Debug, Default)]
 struct Cell {
     store: OnceCell<SpannerStore>,
-    schema_version: Mutex<Option<i64>>,
 }
 
 /// The provisioner on Cloud Spanner. Keeps one store (one client and session) per database and
@@ -60,15 +59,14 @@ impl SpannerProvisioner {
         &self,
         db: &DatabasePath,
         tables: &TableNames,
-    ) -> Result<(Arc<Cell>, SpannerStore), ProvisionError> {
+    ) -> Result<SpannerStore, ProvisionError> {
         let cell = self.cell(db, tables);
         let store = cell
             .store
             .get_or_try_init(|| SpannerStore::connect(db, tables.clone(), &self.options))
             .await
-            .map_err(store_error("connecting"))?
-            .clone();
-        Ok((cell, store))
+            .map_err(store_error("connecting"))?;
+        Ok(store.clone())
     }
 }
 
@@ -120,15 +118,11 @@ impl Provisioner for SpannerProvisioner {
     ) -> Result<SchemaOutcome, ProvisionError> {
         // On the cached store's own connection: a resync every few seconds per group must not
         // open a new client each time.
-        let (cell, store) = self.store(db, tables).await?;
+        let store = self.store(db, tables).await?;
         let report = store
             .ensure_schema()
             .await
             .map_err(schema_error("provisioning the schema"))?;
-        *cell
-            .schema_version
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report.version_after);
         Ok(SchemaOutcome {
             version_before: report.version_before,
             version_after: report.version_after,
@@ -142,27 +136,20 @@ impl Provisioner for SpannerProvisioner {
         tables: &TableNames,
         group: &str,
     ) -> Result<GroupState, ProvisionError> {
-        let (cell, store) = self.store(db, tables).await?;
-        let lock = store
-            .lock_state(&LockKey::new(group, LockKey::LEADER))
+        let store = self.store(db, tables).await?;
+        // One strong query: the leader, the live members and the recorded schema version.
+        let status = store
+            .group_status(group)
             .await
-            .map_err(store_error("reading the leader lock"))?;
-        let members = store
-            .list_members(group)
-            .await
-            .map_err(store_error("reading the members"))?;
-        let schema_version = *cell
-            .schema_version
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .map_err(store_error("reading the group's status"))?;
         Ok(GroupState {
-            leader: lock.and_then(|l| l.holder).map(|h| Leader {
+            leader: status.leader.map(|h| Leader {
                 id: h.id,
                 token: h.token,
                 since: h.since,
             }),
-            members: members.len(),
-            schema_version,
+            members: usize::try_from(status.live_members).unwrap_or(usize::MAX),
+            schema_version: status.schema_version,
         })
     }
 
@@ -172,7 +159,7 @@ impl Provisioner for SpannerProvisioner {
         tables: &TableNames,
         group: &str,
     ) -> Result<(), ProvisionError> {
-        let (_, store) = self.store(db, tables).await?;
+        let store = self.store(db, tables).await?;
         match store.delete_group(group).await {
             Ok(_) | Err(StoreError::MissingTable { .. }) => Ok(()),
             Err(e) => Err(store_error("deleting the group's rows")(e)),
@@ -184,7 +171,7 @@ impl Provisioner for SpannerProvisioner {
         db: &DatabasePath,
         tables: &TableNames,
     ) -> Result<Option<BTreeSet<String>>, ProvisionError> {
-        let (_, store) = self.store(db, tables).await?;
+        let store = self.store(db, tables).await?;
         match store.groups().await {
             Ok(groups) => Ok(Some(groups)),
             // No tables, no other group: nothing to protect.
@@ -266,6 +253,62 @@ mod tests {
         // Every table answers.
         let state = provisioner.group_state(&db, &tables, "ns/g").await.unwrap();
         assert_eq!((state.leader, state.members), (None, 0));
+    }
+
+    /// The operator's status read is one query, and tells a missing table apart.
+    #[tokio::test]
+    async fn the_group_status_is_one_read_of_leader_members_and_schema_version() {
+        let emulator = require_emulator!();
+        let db = emulator.create_database().await.unwrap();
+        let tables = TableNames::default();
+        let provisioner = SpannerProvisioner::new(emulator.options());
+
+        let missing = provisioner
+            .group_state(&db, &tables, "ns/g")
+            .await
+            .unwrap_err();
+        assert!(missing.is_missing_table(), "{missing}");
+
+        provisioner.ensure_schema(&db, &tables).await.unwrap();
+        let empty = provisioner.group_state(&db, &tables, "ns/g").await.unwrap();
+        assert_eq!(
+            (empty.leader, empty.members, empty.schema_version),
+            (None, 0, Some(SCHEMA_VERSION))
+        );
+
+        let store = emulator.store(&db).await.unwrap();
+        let token = match store
+            .acquire(
+                &LockKey::new("ns/g", LockKey::LEADER),
+                &"g-0".into(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+        {
+            hedge::store::AcquireOutcome::Granted { token } => token,
+            held => panic!("{held:?}"),
+        };
+        for (id, ttl) in [("g-0", 60), ("g-1", 60), ("g-2", 0)] {
+            let member = MemberHeartbeat {
+                id: id.into(),
+                incarnation: hedge::store::new_incarnation(),
+                address: None,
+                ttl: Duration::from_millis(ttl * 1000 + 1),
+            };
+            store.heartbeat_member("ns/g", &member).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let state = provisioner.group_state(&db, &tables, "ns/g").await.unwrap();
+        let leader = state.leader.unwrap();
+        assert_eq!((leader.id.as_str(), leader.token), ("g-0", token));
+        assert_eq!(state.members, 2, "the expired member does not count");
+        // Another group in the same tables sees none of it.
+        let other = provisioner
+            .group_state(&db, &tables, "ns/other")
+            .await
+            .unwrap();
+        assert_eq!((other.leader, other.members), (None, 0));
     }
 
     #[tokio::test]
