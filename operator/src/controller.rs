@@ -435,7 +435,7 @@ async fn converge(v: &ValidGroup, hg: &HedgeGroup, ctx: &Context) -> Result<Repo
             !schema_checked(hg) || state.schema_version != Some(SCHEMA_VERSION),
             Some(state),
         ),
-        Err(e) if e.is_missing_table() => (true, None),
+        Err(e) if e.needs_schema() => (true, None),
         Err(e) => return Err(e.into()),
     };
     let (schema, schema_version) = if needs_schema {
@@ -714,10 +714,21 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error>
         )
     } else {
         let provisioner = ctx.provisioner.as_ref();
-        match provisioner
+        let mut state = provisioner
             .group_state(&v.database, &v.tables, &v.group)
-            .await
+            .await;
+        if state
+            .as_ref()
+            .is_err_and(|e| e.reason() == "SchemaMismatch")
         {
+            // An older hedge's tables: bring them to this version (new columns only; nothing of
+            // theirs changes, and a table that is not hedge's is refused) to read the members.
+            provisioner.ensure_schema(&v.database, &v.tables).await?;
+            state = provisioner
+                .group_state(&v.database, &v.tables, &v.group)
+                .await;
+        }
+        match state {
             Err(e) if e.is_database_missing() => {
                 format!(
                     "the database {} does not exist: nothing to clean up",

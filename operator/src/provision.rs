@@ -61,9 +61,15 @@ impl ProvisionError {
         self.reason() == "DatabaseNotFound"
     }
 
-    /// Whether a table of the set does not exist: then the schema must be provisioned.
+    /// Whether a table of the set does not exist.
     pub fn is_missing_table(&self) -> bool {
         self.reason() == "MissingTable"
+    }
+
+    /// Whether the tables are missing or do not match this version: then the schema must be
+    /// provisioned (which upgrades an older schema, or reports a table that is not hedge's).
+    pub fn needs_schema(&self) -> bool {
+        matches!(self.reason(), "MissingTable" | "SchemaMismatch")
     }
 }
 

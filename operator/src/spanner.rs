@@ -311,6 +311,49 @@ mod tests {
         assert_eq!((other.leader, other.members), (None, 0));
     }
 
+    /// A table of the set that exists with another role's columns is not hedge's to change or
+    /// drop: provisioning and dropping refuse it, naming the table and what differs.
+    #[tokio::test]
+    async fn a_table_that_is_not_hedges_is_neither_changed_nor_dropped() {
+        let emulator = require_emulator!();
+        let db = emulator.create_database().await.unwrap();
+        // `shared` is a member table of one table set...
+        let theirs = TableNames {
+            locks: "a_locks".into(),
+            members: "shared".into(),
+            schema: "a_schema".into(),
+        };
+        schema::ensure_schema(&db, &theirs, &emulator.options())
+            .await
+            .unwrap();
+        // ...which another set would use as its lock table.
+        let ours = TableNames {
+            locks: "shared".into(),
+            members: "b_members".into(),
+            schema: "b_schema".into(),
+        };
+        let provisioner = SpannerProvisioner::new(emulator.options());
+        let refused = provisioner.ensure_schema(&db, &ours).await.unwrap_err();
+        assert_eq!(refused.reason(), "ForeignTable", "{refused}");
+        let message = refused.to_string();
+        assert!(
+            message.contains("table `shared` exists but is not hedge's locks table")
+                && message.contains("missing columns")
+                && message.contains("member_id"),
+            "{message}"
+        );
+        let refused = provisioner.drop_schema(&db, &ours).await.unwrap_err();
+        assert_eq!(refused.reason(), "ForeignTable", "{refused}");
+        // Nothing was created or dropped: the other set still works, ours has no tables.
+        let store = emulator.store_with_tables(&db, theirs).await.unwrap();
+        assert!(store.groups().await.is_ok());
+        let mismatch = provisioner
+            .group_state(&db, &ours, "ns/g")
+            .await
+            .unwrap_err();
+        assert!(mismatch.needs_schema(), "{mismatch}");
+    }
+
     #[tokio::test]
     async fn an_older_schema_is_upgraded() {
         let emulator = require_emulator!();
