@@ -427,9 +427,7 @@ async fn converge(v: &ValidGroup, hg: &HedgeGroup, ctx: &Context) -> Result<Repo
     // One read tells the leader, the members and the recorded schema version. The schema is
     // ensured only for a new generation, a version other than this operator's, or a missing
     // table: an unchanged group costs this one call.
-    let first = provisioner
-        .group_state(&v.database, &v.tables, &v.group)
-        .await;
+    let first = provisioner.group_state(&v.target(), &v.group).await;
     let (needs_schema, mut state) = match first {
         Ok(state) => (
             !schema_checked(hg) || state.schema_version != Some(SCHEMA_VERSION),
@@ -439,17 +437,13 @@ async fn converge(v: &ValidGroup, hg: &HedgeGroup, ctx: &Context) -> Result<Repo
         Err(e) => return Err(e.into()),
     };
     let (schema, schema_version) = if needs_schema {
-        match provisioner.ensure_schema(&v.database, &v.tables).await {
+        match provisioner.ensure_schema(&v.target()).await {
             Ok(outcome) => {
                 if !outcome.applied.is_empty() {
                     info!(from = ?outcome.version_before, to = outcome.version_after, "provisioned the schema");
                 }
                 if state.is_none() {
-                    state = Some(
-                        provisioner
-                            .group_state(&v.database, &v.tables, &v.group)
-                            .await?,
-                    );
+                    state = Some(provisioner.group_state(&v.target(), &v.group).await?);
                 }
                 (
                     schema_ready(outcome.version_after),
@@ -714,19 +708,15 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error>
         )
     } else {
         let provisioner = ctx.provisioner.as_ref();
-        let mut state = provisioner
-            .group_state(&v.database, &v.tables, &v.group)
-            .await;
+        let mut state = provisioner.group_state(&v.target(), &v.group).await;
         if state
             .as_ref()
             .is_err_and(|e| e.reason() == "SchemaMismatch")
         {
             // An older hedge's tables: bring them to this version (new columns only; nothing of
             // theirs changes, and a table that is not hedge's is refused) to read the members.
-            provisioner.ensure_schema(&v.database, &v.tables).await?;
-            state = provisioner
-                .group_state(&v.database, &v.tables, &v.group)
-                .await;
+            provisioner.ensure_schema(&v.target()).await?;
+            state = provisioner.group_state(&v.target(), &v.group).await;
         }
         match state {
             Err(e) if e.is_database_missing() => {
@@ -736,7 +726,7 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error>
                 )
             }
             Err(e) if e.is_missing_table() => {
-                provisioner.evict(&v.database, &v.tables).await;
+                provisioner.evict(&v.target()).await;
                 format!(
                     "the tables of group {} do not exist: nothing to clean up",
                     v.group
@@ -765,13 +755,11 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error>
                         plan.tables_kept_for = other_users;
                     }
                 }
-                provisioner
-                    .delete_group_rows(&v.database, &v.tables, &v.group)
-                    .await?;
+                provisioner.delete_group_rows(&v.target(), &v.group).await?;
                 if plan.drop_tables {
-                    provisioner.drop_schema(&v.database, &v.tables).await?;
+                    provisioner.drop_schema(&v.target()).await?;
                 }
-                provisioner.evict(&v.database, &v.tables).await;
+                provisioner.evict(&v.target()).await;
                 cleanup_note(&v, &plan)
             }
         }

@@ -116,6 +116,10 @@ pub struct HedgeGroupSpec {
     /// What happens to the group's Spanner data when the HedgeGroup is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// How the operator and the members reach Spanner.
+    #[serde(default)]
+    pub spanner: SpannerSpec,
 }
 
 /// The spec's defaults are the ones the API server fills in (serde's), not Rust's zeros.
@@ -132,6 +136,7 @@ impl Default for HedgeGroupSpec {
             group_secret: GroupSecretSpec::default(),
             network_policy: NetworkPolicySpec::default(),
             deletion_policy: DeletionPolicy::default(),
+            spanner: SpannerSpec::default(),
         }
     }
 }
@@ -268,6 +273,24 @@ pub struct NetworkPolicySpec {
     /// every port, so the workload's other ports then need a NetworkPolicy of their own.
     #[serde(default)]
     pub enabled: bool,
+}
+
+/// How the operator and the members reach Spanner.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpannerSpec {
+    /// The Cloud Spanner emulator (`host:port` of its gRPC endpoint), for development and tests.
+    /// The operator reaches this group's database there, and writes it into the ConfigMap
+    /// (`HEDGE_SPANNER_EMULATOR_HOST`), so the operator and the members always use the same
+    /// endpoint. No Google credentials are sent to an emulator. Unset: Cloud Spanner itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 261),
+        regex(
+            pattern = r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"
+        )
+    )]
+    pub emulator_host: Option<String>,
 }
 
 /// What happens to the group's Spanner data when the HedgeGroup is deleted.

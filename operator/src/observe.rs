@@ -156,7 +156,7 @@ pub async fn other_table_users(
     }
     // Groups with rows that no HedgeGroup here accounts for: another cluster, a program
     // outside Kubernetes, or a deleted HedgeGroup whose rows were retained.
-    match provisioner.groups_in_tables(&v.database, &v.tables).await? {
+    match provisioner.groups_in_tables(&v.target()).await? {
         Some(groups) => other_users.extend(groups.difference(&known).map(|g| format!("group {g}"))),
         None => other_users
             .push("groups that cannot be listed (the provisioner cannot read them)".into()),

@@ -73,6 +73,19 @@ impl ProvisionError {
     }
 }
 
+/// Where a group's tables are: the database, the table names and, for a group that names one,
+/// the Cloud Spanner emulator to reach them through (`spec.spanner.emulatorHost`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The database.
+    pub database: DatabasePath,
+    /// The tables.
+    pub tables: TableNames,
+    /// The emulator (`host:port`), `None` for Spanner itself (or the operator's own
+    /// `SPANNER_EMULATOR_HOST`).
+    pub emulator_host: Option<String>,
+}
+
 /// What [`Provisioner::ensure_schema`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchemaOutcome {
@@ -113,45 +126,27 @@ pub trait Provisioner: Send + Sync + 'static {
     /// is current (it compares the database's tables with the client crate's migrations first).
     /// The controller calls it for a new generation, a schema version other than its own, or a
     /// missing table, not on every resync.
-    async fn ensure_schema(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<SchemaOutcome, ProvisionError>;
+    async fn ensure_schema(&self, target: &Target) -> Result<SchemaOutcome, ProvisionError>;
 
     /// The leader, the member count of `group` and the schema version of the table set, in one
     /// read: an unchanged group costs this one Spanner call per reconcile. A missing table fails
     /// with reason `MissingTable`. Read-only.
-    async fn group_state(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-        group: &str,
-    ) -> Result<GroupState, ProvisionError>;
+    async fn group_state(&self, target: &Target, group: &str)
+    -> Result<GroupState, ProvisionError>;
 
     /// Deletes every row of `group`; succeeds when the tables do not exist.
-    async fn delete_group_rows(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-        group: &str,
-    ) -> Result<(), ProvisionError>;
+    async fn delete_group_rows(&self, target: &Target, group: &str) -> Result<(), ProvisionError>;
 
     /// The groups that have rows in `tables` (empty when the tables do not exist), or `None`
     /// when this provisioner cannot list them (then no table is ever dropped). Read-only.
     async fn groups_in_tables(
         &self,
-        db: &DatabasePath,
-        tables: &TableNames,
+        target: &Target,
     ) -> Result<Option<BTreeSet<String>>, ProvisionError>;
 
     /// Drops `tables`; succeeds when they do not exist.
-    async fn drop_schema(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<(), ProvisionError>;
+    async fn drop_schema(&self, target: &Target) -> Result<(), ProvisionError>;
 
     /// Forgets any connection kept for `db` and `tables` (after a group's clean-up).
-    async fn evict(&self, db: &DatabasePath, tables: &TableNames);
+    async fn evict(&self, target: &Target);
 }

@@ -290,6 +290,26 @@ async fn configured() -> (Arc<Context>, ApiServerVerifier, Arc<FakeProvisioner>)
 }
 
 #[tokio::test]
+async fn the_operator_and_the_members_use_the_groups_emulator_host() {
+    let (ctx, api, spanner) = fresh();
+    let mut hg = HedgeGroup::test("orders");
+    hg.spec.spanner.emulator_host = Some("spanner-emulator.testns.svc:9010".into());
+    api.seed(&hg);
+    reconcile_stored(&ctx, &api, "orders").await.unwrap();
+    assert_eq!(
+        spanner.state().last_emulator_host.as_deref(),
+        Some("spanner-emulator.testns.svc:9010")
+    );
+    let cm = api
+        .object("/api/v1/namespaces/testns/configmaps/orders-hedge-config")
+        .unwrap();
+    assert_eq!(
+        cm["data"]["HEDGE_SPANNER_EMULATOR_HOST"],
+        "spanner-emulator.testns.svc:9010"
+    );
+}
+
+#[tokio::test]
 async fn a_referenced_deployment_gets_one_env_item_per_variable_and_never_its_env_from() {
     let (ctx, api, _) = fresh();
     api.seed(&HedgeGroup::test("orders").with_deployment("web"));

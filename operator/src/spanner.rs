@@ -7,26 +7,23 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use hedge::DatabasePath;
 use hedge::store::schema::{self, SchemaError};
 use hedge::store::spanner::SpannerOptions;
-use hedge::store::{SpannerStore, StoreError, TableNames};
+use hedge::store::{SpannerStore, StoreError};
 use tokio::sync::OnceCell;
 
-use crate::provision::{GroupState, Leader, ProvisionError, Provisioner, SchemaOutcome};
+use crate::provision::{GroupState, Leader, ProvisionError, Provisioner, SchemaOutcome, Target};
 
-type Key = (DatabasePath, TableNames);
-
-/// One database and table set: its store, connected once.
+/// One database and table set (and endpoint): its store, connected once.
 #[derive(Debug, Default)]
 struct Cell {
     store: OnceCell<SpannerStore>,
 }
 
-/// The provisioner on Cloud Spanner. Keeps one store (one client and session) per database and
-/// table set, so a status refresh does not open a new session every time.
+/// The provisioner on Cloud Spanner. Keeps one store (one client and session) per database,
+/// table set and endpoint, so a status refresh does not open a new session every time.
 ///
-/// Each database has a cell of its own: the map is locked only to find the cell, and a connect
+/// Each target has a cell of its own: the map is locked only to find the cell, and a connect
 /// (up to the connect timeout) holds only its own cell, so one unreachable database never stalls
 /// the reconciles of the others. A failed connect leaves the cell empty (the next call tries
 /// again); a connected store is kept across errors (the client reconnects by itself) and
@@ -34,11 +31,11 @@ struct Cell {
 #[derive(Debug, Default)]
 pub struct SpannerProvisioner {
     options: SpannerOptions,
-    cells: Mutex<HashMap<Key, Arc<Cell>>>,
+    cells: Mutex<HashMap<Target, Arc<Cell>>>,
 }
 
 impl SpannerProvisioner {
-    /// A provisioner that connects with `options`.
+    /// A provisioner that connects with `options` (a group's emulator host overrides theirs).
     pub fn new(options: SpannerOptions) -> Self {
         Self {
             options,
@@ -46,24 +43,31 @@ impl SpannerProvisioner {
         }
     }
 
-    fn cell(&self, db: &DatabasePath, tables: &TableNames) -> Arc<Cell> {
+    fn options_for(&self, target: &Target) -> SpannerOptions {
+        let mut options = self.options.clone();
+        if let Some(host) = &target.emulator_host {
+            options.emulator_host = Some(host.clone());
+        }
+        options
+    }
+
+    fn cell(&self, target: &Target) -> Arc<Cell> {
         self.cells
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((db.clone(), tables.clone()))
+            .entry(target.clone())
             .or_default()
             .clone()
     }
 
-    async fn store(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<SpannerStore, ProvisionError> {
-        let cell = self.cell(db, tables);
+    async fn store(&self, target: &Target) -> Result<SpannerStore, ProvisionError> {
+        let cell = self.cell(target);
+        let options = self.options_for(target);
         let store = cell
             .store
-            .get_or_try_init(|| SpannerStore::connect(db, tables.clone(), &self.options))
+            .get_or_try_init(|| {
+                SpannerStore::connect(&target.database, target.tables.clone(), &options)
+            })
             .await
             .map_err(store_error("connecting"))?;
         Ok(store.clone())
@@ -111,14 +115,10 @@ fn schema_error(step: &'static str) -> impl Fn(SchemaError) -> ProvisionError {
 
 #[async_trait]
 impl Provisioner for SpannerProvisioner {
-    async fn ensure_schema(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<SchemaOutcome, ProvisionError> {
-        // On the cached store's own connection: a resync every few seconds per group must not
-        // open a new client each time.
-        let store = self.store(db, tables).await?;
+    async fn ensure_schema(&self, target: &Target) -> Result<SchemaOutcome, ProvisionError> {
+        // On the cached store's own connection: a check per new generation must not open a new
+        // client each time.
+        let store = self.store(target).await?;
         let report = store
             .ensure_schema()
             .await
@@ -132,11 +132,10 @@ impl Provisioner for SpannerProvisioner {
 
     async fn group_state(
         &self,
-        db: &DatabasePath,
-        tables: &TableNames,
+        target: &Target,
         group: &str,
     ) -> Result<GroupState, ProvisionError> {
-        let store = self.store(db, tables).await?;
+        let store = self.store(target).await?;
         // One strong query: the leader, the live members and the recorded schema version.
         let status = store
             .group_status(group)
@@ -153,13 +152,8 @@ impl Provisioner for SpannerProvisioner {
         })
     }
 
-    async fn delete_group_rows(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-        group: &str,
-    ) -> Result<(), ProvisionError> {
-        let store = self.store(db, tables).await?;
+    async fn delete_group_rows(&self, target: &Target, group: &str) -> Result<(), ProvisionError> {
+        let store = self.store(target).await?;
         match store.delete_group(group).await {
             Ok(_) | Err(StoreError::MissingTable { .. }) => Ok(()),
             Err(e) => Err(store_error("deleting the group's rows")(e)),
@@ -168,10 +162,9 @@ impl Provisioner for SpannerProvisioner {
 
     async fn groups_in_tables(
         &self,
-        db: &DatabasePath,
-        tables: &TableNames,
+        target: &Target,
     ) -> Result<Option<BTreeSet<String>>, ProvisionError> {
-        let store = self.store(db, tables).await?;
+        let store = self.store(target).await?;
         match store.groups().await {
             Ok(groups) => Ok(Some(groups)),
             // No tables, no other group: nothing to protect.
@@ -180,23 +173,19 @@ impl Provisioner for SpannerProvisioner {
         }
     }
 
-    async fn drop_schema(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<(), ProvisionError> {
-        schema::drop_schema(db, tables, &self.options)
+    async fn drop_schema(&self, target: &Target) -> Result<(), ProvisionError> {
+        schema::drop_schema(&target.database, &target.tables, &self.options_for(target))
             .await
             .map_err(schema_error("dropping the tables"))?;
-        self.evict(db, tables).await;
+        self.evict(target).await;
         Ok(())
     }
 
-    async fn evict(&self, db: &DatabasePath, tables: &TableNames) {
+    async fn evict(&self, target: &Target) {
         self.cells
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&(db.clone(), tables.clone()));
+            .remove(target);
     }
 }
 
@@ -220,6 +209,14 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::provision::Provisioner;
 
+    fn target(db: &hedge::DatabasePath, tables: &TableNames) -> crate::provision::Target {
+        crate::provision::Target {
+            database: db.clone(),
+            tables: tables.clone(),
+            emulator_host: None,
+        }
+    }
+
     fn context(provisioner: Arc<SpannerProvisioner>) -> (Arc<Context>, ApiServerVerifier) {
         let (client, api) = ApiServerVerifier::start();
         let recorder =
@@ -241,17 +238,26 @@ mod tests {
         let tables = TableNames::default();
         let provisioner = SpannerProvisioner::new(emulator.options());
 
-        let first = provisioner.ensure_schema(&db, &tables).await.unwrap();
+        let first = provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
         assert_eq!(first.version_before, None);
         assert_eq!(first.version_after, SCHEMA_VERSION);
         assert_eq!(first.applied, schema::ddl(&tables));
 
-        let second = provisioner.ensure_schema(&db, &tables).await.unwrap();
+        let second = provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
         assert_eq!(second.version_before, Some(SCHEMA_VERSION));
         assert!(second.applied.is_empty(), "{:?}", second.applied);
 
         // Every table answers.
-        let state = provisioner.group_state(&db, &tables, "ns/g").await.unwrap();
+        let state = provisioner
+            .group_state(&target(&db, &tables), "ns/g")
+            .await
+            .unwrap();
         assert_eq!((state.leader, state.members), (None, 0));
     }
 
@@ -264,13 +270,19 @@ mod tests {
         let provisioner = SpannerProvisioner::new(emulator.options());
 
         let missing = provisioner
-            .group_state(&db, &tables, "ns/g")
+            .group_state(&target(&db, &tables), "ns/g")
             .await
             .unwrap_err();
         assert!(missing.is_missing_table(), "{missing}");
 
-        provisioner.ensure_schema(&db, &tables).await.unwrap();
-        let empty = provisioner.group_state(&db, &tables, "ns/g").await.unwrap();
+        provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
+        let empty = provisioner
+            .group_state(&target(&db, &tables), "ns/g")
+            .await
+            .unwrap();
         assert_eq!(
             (empty.leader, empty.members, empty.schema_version),
             (None, 0, Some(SCHEMA_VERSION))
@@ -299,13 +311,16 @@ mod tests {
             store.heartbeat_member("ns/g", &member).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let state = provisioner.group_state(&db, &tables, "ns/g").await.unwrap();
+        let state = provisioner
+            .group_state(&target(&db, &tables), "ns/g")
+            .await
+            .unwrap();
         let leader = state.leader.unwrap();
         assert_eq!((leader.id.as_str(), leader.token), ("g-0", token));
         assert_eq!(state.members, 2, "the expired member does not count");
         // Another group in the same tables sees none of it.
         let other = provisioner
-            .group_state(&db, &tables, "ns/other")
+            .group_state(&target(&db, &tables), "ns/other")
             .await
             .unwrap();
         assert_eq!((other.leader, other.members), (None, 0));
@@ -333,7 +348,10 @@ mod tests {
             schema: "b_schema".into(),
         };
         let provisioner = SpannerProvisioner::new(emulator.options());
-        let refused = provisioner.ensure_schema(&db, &ours).await.unwrap_err();
+        let refused = provisioner
+            .ensure_schema(&target(&db, &ours))
+            .await
+            .unwrap_err();
         assert_eq!(refused.reason(), "ForeignTable", "{refused}");
         let message = refused.to_string();
         assert!(
@@ -342,13 +360,16 @@ mod tests {
                 && message.contains("member_id"),
             "{message}"
         );
-        let refused = provisioner.drop_schema(&db, &ours).await.unwrap_err();
+        let refused = provisioner
+            .drop_schema(&target(&db, &ours))
+            .await
+            .unwrap_err();
         assert_eq!(refused.reason(), "ForeignTable", "{refused}");
         // Nothing was created or dropped: the other set still works, ours has no tables.
         let store = emulator.store_with_tables(&db, theirs).await.unwrap();
         assert!(store.groups().await.is_ok());
         let mismatch = provisioner
-            .group_state(&db, &ours, "ns/g")
+            .group_state(&target(&db, &ours), "ns/g")
             .await
             .unwrap_err();
         assert!(mismatch.needs_schema(), "{mismatch}");
@@ -364,7 +385,10 @@ mod tests {
             .unwrap();
         let provisioner = SpannerProvisioner::new(emulator.options());
 
-        let upgrade = provisioner.ensure_schema(&db, &tables).await.unwrap();
+        let upgrade = provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
 
         assert_eq!(upgrade.version_before, Some(1));
         assert_eq!(upgrade.version_after, SCHEMA_VERSION);
@@ -528,7 +552,7 @@ mod tests {
 
         // Dropping the tables themselves (what DropTables does once nothing else uses them).
         provisioner
-            .drop_schema(&db, &TableNames::default())
+            .drop_schema(&target(&db, &TableNames::default()))
             .await
             .unwrap();
         let gone = store
@@ -539,7 +563,7 @@ mod tests {
             "{gone:?}"
         );
         provisioner
-            .drop_schema(&db, &TableNames::default())
+            .drop_schema(&target(&db, &TableNames::default()))
             .await
             .unwrap();
     }

@@ -63,6 +63,9 @@ pub enum InvalidSpec {
     /// An empty name where one is required.
     #[error("spec.{0} must not be empty")]
     Empty(&'static str),
+    /// An emulator host that is not `host:port`.
+    #[error("spec.spanner.emulatorHost must be host:port (got {0:?})")]
+    EmulatorHost(String),
 }
 
 /// Where the members' group secret comes from.
@@ -125,6 +128,15 @@ pub struct ValidGroup {
 }
 
 impl ValidGroup {
+    /// Where the group's tables are, for the provisioner.
+    pub fn target(&self) -> crate::provision::Target {
+        crate::provision::Target {
+            database: self.database.clone(),
+            tables: self.tables.clone(),
+            emulator_host: self.config.spanner_emulator_host.clone(),
+        }
+    }
+
     /// The peer port.
     pub fn peer_port(&self) -> u16 {
         self.config.peer_port
@@ -203,6 +215,15 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
     config.election = election_timings(&spec.election)?;
     config.membership = membership_timings(&spec.membership)?;
     config.peer_port = peer_port;
+    config.spanner_emulator_host = match &spec.spanner.emulator_host {
+        Some(host) if host.trim().is_empty() => {
+            return Err(InvalidSpec::Empty("spanner.emulatorHost"));
+        }
+        Some(host) if host.chars().any(char::is_whitespace) || !host.contains(':') => {
+            return Err(InvalidSpec::EmulatorHost(host.clone()));
+        }
+        other => other.clone(),
+    };
     // The member id is each pod's own (POD_NAME); the placeholder only satisfies validation.
     config.member_id = "operator".into();
     config.validate()?;

@@ -446,6 +446,10 @@ fn invalid_specs_say_what_to_change() {
             "{database: projects/p/instances/i/databases/d, groupSecret: {existingSecret: ''}}",
             "spec.groupSecret.existingSecret must not be empty",
         ),
+        (
+            "{database: projects/p/instances/i/databases/d, spanner: {emulatorHost: 'no port'}}",
+            "spec.spanner.emulatorHost must be host:port",
+        ),
     ];
     for (spec_yaml, message) in cases {
         let mut hg: HedgeGroup = serde_yaml::from_str(&format!(
