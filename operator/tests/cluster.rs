@@ -96,6 +96,10 @@ async fn apply_group(client: &Client, ns: &str, name: &str, policy: &str) -> Api
             "deletionPolicy": policy,
         },
     });
+    let mut group = group;
+    if !emulator.is_empty() {
+        group["spec"]["spanner"] = json!({"emulatorHost": emulator});
+    }
     groups
         .patch(name, &ssa, &Patch::Apply(&group))
         .await

@@ -223,12 +223,12 @@ install_chart() {
         --set image.repository="${operator_image%:*}" --set image.tag="${operator_image#*:}" \
         --set image.pullPolicy=Never --set operator.logFormat=text \
         --set 'operator.logLevel=info\,hedge_operator=debug' \
-        --set-json "operator.extraEnv=[{\"name\":\"SPANNER_EMULATOR_HOST\",\"value\":\"$emulator_host\"}]" \
         --wait --timeout "$timeout"
 }
 
-# The examples, changed only where the cluster differs: the emulator database, the local demo
-# image, and DropTables so that the finalizer's clean-up can be observed.
+# The examples, changed only where the cluster differs: the emulator database and endpoint
+# (spec.spanner.emulatorHost, nothing in the operator's or the members' environment), the local
+# demo image, and DropTables so that the finalizer's clean-up can be observed.
 apply_examples() {
     log "applying the example HedgeGroup and member Deployment"
     cp "$root/examples/hedgegroup.yaml" "$root/examples/member-deployment.yaml" "$work/"
@@ -249,10 +249,12 @@ patches:
       - {op: replace, path: /spec/database, value: $database}
       - {op: replace, path: /spec/deletionPolicy, value: DropTables}
       - {op: add, path: /metadata/annotations, value: {hedge.dev/confirm-drop-tables: "true"}}
+      # One endpoint for the operator and the members: the operator uses it for this group and
+      # writes it into the members' ConfigMap.
+      - {op: add, path: /spec/spanner, value: {emulatorHost: "$emulator_host"}}
   - target: {kind: Deployment, name: hedge-demo}
     patch: |-
       - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: Never}
-      - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: SPANNER_EMULATOR_HOST, value: "$emulator_host"}}
 EOF
     kubectl apply -k "$work"
 }
