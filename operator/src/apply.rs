@@ -116,16 +116,22 @@ pub async fn apply(client: &Client, v: &ValidGroup, plan: &Plan) -> Result<(), A
         },
     }
 
-    release(client, ns, &plan.releases).await?;
+    let versions = release(client, ns, &plan.releases).await?;
 
     if let Some((name, body)) = &plan.deployment {
+        // A release of the same Deployment just now moved its resource version: the apply is
+        // conditional on the version that release left, not the one first read.
+        let mut body = body.clone();
+        if let Some((_, version)) = versions.iter().rev().find(|(d, _)| d == name) {
+            body["metadata"]["resourceVersion"] = serde_json::json!(version);
+        }
         // Not forced: a field another manager owns (a variable the user defines) is a conflict
         // to report, never a value to take over.
         Api::<Deployment>::namespaced(client.clone(), ns)
             .patch(
                 name,
                 &PatchParams::apply(&v.field_manager),
-                &Patch::Apply(body),
+                &Patch::Apply(&body),
             )
             .await
             .map_err(kube_error("apply", "Deployment", name))?;
@@ -133,22 +139,32 @@ pub async fn apply(client: &Client, v: &ValidGroup, plan: &Plan) -> Result<(), A
     Ok(())
 }
 
-/// Gives fields of Deployments back, each under its field manager. A Deployment that is gone
-/// needs nothing.
+/// Gives fields of Deployments back, each under its field manager (in order; a later release of
+/// the same Deployment is conditional on the version the earlier one left). A Deployment that is
+/// gone needs nothing. Returns each released Deployment's resource version afterwards.
 pub async fn release(
     client: &Client,
     namespace: &str,
     releases: &[Release],
-) -> Result<(), ApplyError> {
+) -> Result<Vec<(String, String)>, ApplyError> {
     let api = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let mut versions: Vec<(String, String)> = Vec::new();
     for r in releases {
+        let mut body = r.body.clone();
+        if let Some((_, version)) = versions.iter().rev().find(|(d, _)| *d == r.deployment) {
+            body["metadata"]["resourceVersion"] = serde_json::json!(version);
+        }
         // Forced: the fields are the manager's own; nothing of another manager changes.
         let pp = PatchParams::apply(&r.manager).force();
-        match api.patch(&r.deployment, &pp, &Patch::Apply(&r.body)).await {
-            Ok(_) => {}
+        match api.patch(&r.deployment, &pp, &Patch::Apply(&body)).await {
+            Ok(d) => {
+                if let Some(version) = d.metadata.resource_version {
+                    versions.push((r.deployment.clone(), version));
+                }
+            }
             Err(e) if is_status(&e, kube::core::Status::is_not_found) => {}
             Err(e) => return Err(kube_error("release", "Deployment", &r.deployment)(e)),
         }
     }
-    Ok(())
+    Ok(versions)
 }

@@ -289,16 +289,21 @@ fn plan_deployment(
     if !problems.is_empty() {
         return None;
     }
-    if managed::has_manager(&d.metadata, FIELD_MANAGER) {
-        releases.push(Release {
-            deployment: name.clone(),
-            manager: FIELD_MANAGER.to_owned(),
-            body: resources::legacy_release(v, d),
-        });
-    }
-    let body = resources::deployment_apply(v, d, &targets, &resources::secret_digest(secret));
     let observed = serde_json::to_value(d).unwrap_or(Value::Null);
     let schema: Schema<'_> = &resources::deployment_schema;
+    // What an earlier release set under the operator's old field manager goes, once; what it
+    // keeps owning afterwards (the user's envFrom entries) is left as it is.
+    if managed::has_manager(&d.metadata, FIELD_MANAGER) {
+        let legacy = resources::legacy_release(v, d);
+        if !managed::apply_is_noop(&observed, &d.metadata, FIELD_MANAGER, &legacy, schema) {
+            releases.push(Release {
+                deployment: name.clone(),
+                manager: FIELD_MANAGER.to_owned(),
+                body: legacy,
+            });
+        }
+    }
+    let body = resources::deployment_apply(v, d, &targets, &resources::secret_digest(secret));
     let noop = releases.is_empty()
         && managed::apply_is_noop(&observed, &d.metadata, &v.field_manager, &body, schema);
     (!noop).then_some(body)

@@ -407,6 +407,50 @@ async fn the_owners_next_apply_keeps_the_hedge_variables_and_causes_no_second_ro
     assert_eq!(api.rollouts("web"), 1, "exactly one rollout in all");
 }
 
+/// A Deployment configured by an operator release before issue #7 (envFrom under the field
+/// manager `hedge-operator`) is migrated: the group's envFrom entries go, the user's stays, and
+/// the group's env items arrive under its own field manager.
+#[tokio::test]
+async fn a_deployment_configured_by_an_earlier_release_is_migrated() {
+    let (ctx, api, _) = fresh();
+    api.seed(&HedgeGroup::test("orders").with_deployment("web"));
+    create_deployment(&api, "web");
+    let old = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {"template": {
+            "metadata": {"annotations": {CONFIG_HASH_ANNOTATION: "0123456789abcdef"}},
+            "spec": {"containers": [{"name": "app",
+                "envFrom": [{"configMapRef": {"name": "app-settings"}},
+                            {"configMapRef": {"name": "orders-hedge-config"}},
+                            {"secretRef": {"name": "orders-hedge-secret"}}],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}}});
+    api.apply_as("hedge-operator", &old, true).unwrap();
+
+    let rounds = settle(&ctx, &api, &["orders"], 5).await;
+    assert!(rounds <= 3, "finalizer, migration, then quiet: {rounds}");
+    let d = deployment(&api, "web");
+    assert_eq!(
+        container(&d, "app")["envFrom"],
+        json!([{"configMapRef": {"name": "app-settings"}}])
+    );
+    assert!(hedge_vars(&d, "app") >= 13);
+    assert!(env_names(&d, "app").contains(&"POD_NAME".to_owned()));
+    assert_ne!(
+        d["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+        "0123456789abcdef"
+    );
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    assert!(
+        managers.contains(&"hedge-operator/testns.orders"),
+        "{managers:?}"
+    );
+}
+
 #[tokio::test]
 async fn two_groups_on_one_deployment_converge_with_zero_rollouts_after_the_first() {
     let (ctx, api, _) = fresh();
