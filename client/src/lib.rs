@@ -37,10 +37,10 @@
 //!     members.push(member);
 //! }
 //! // Leader-only work runs under the term's cancellation token.
-//! let term = members[0].wait_for_any_leader().await;
+//! let leader = members[0].wait_for_any_leader().await?;
 //! let leaders = members.iter().filter(|m| m.is_leader()).count();
 //! assert_eq!(leaders, 1);
-//! println!("{} leads with fencing token {}", term.id, term.token);
+//! println!("{} leads with fencing token {}", leader.id, leader.token);
 //! # Ok(())
 //! # }
 //! ```
@@ -48,10 +48,12 @@
 pub mod config;
 pub mod election;
 pub mod membership;
+pub mod metrics;
 pub mod names;
 pub mod store;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -62,11 +64,12 @@ pub use config::{Config, ConfigError, ElectionTimings, MembershipTimings};
 pub use election::{
     Election, ElectionError, ElectionGuard, LeaderInfo, LeadershipEvent, LostReason, Term,
 };
+pub use metrics::Metrics;
 pub use names::{DatabasePath, TableNames};
 pub use store::{Candidate, LockKey, MemberRecord, MemoryStore, Store, StoreError};
 
 /// Errors of the [`Hedge`] handle.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum HedgeError {
     /// The configuration is invalid.
     #[error("invalid hedge configuration: {0}")]
@@ -92,6 +95,7 @@ pub struct HedgeBuilder {
     config: Config,
     store: Option<Arc<dyn Store>>,
     lock_name: String,
+    metrics: Arc<Metrics>,
     #[cfg(feature = "spanner")]
     spanner_options: store::spanner::SpannerOptions,
 }
@@ -103,6 +107,7 @@ impl HedgeBuilder {
             config,
             store: None,
             lock_name: LockKey::LEADER.to_owned(),
+            metrics: Metrics::new(),
             #[cfg(feature = "spanner")]
             spanner_options: store::spanner::SpannerOptions::default(),
         }
@@ -164,6 +169,13 @@ impl HedgeBuilder {
         self
     }
 
+    /// Registers the member's metrics on `registry` (serve it on the application's
+    /// `/metrics`); see [`metrics`] for what is counted.
+    pub fn metrics(self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics.register(registry);
+        self
+    }
+
     /// This member's peer address (`ip:port`), recorded in its member row.
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.config.address = Some(address.into());
@@ -191,13 +203,21 @@ impl HedgeBuilder {
         };
         let key = LockKey::new(self.config.group.clone(), self.lock_name);
         let candidate = Candidate::new(self.config.member_id.clone());
-        let election = Election::new(store.clone(), key, candidate.clone(), self.config.election)?;
+        let election = Election::with_metrics(
+            store.clone(),
+            key,
+            candidate.clone(),
+            self.config.election,
+            self.metrics.clone(),
+        )?;
         Ok(Hedge {
             inner: Arc::new(Inner {
                 config: self.config,
                 store,
                 candidate,
                 election,
+                locks: Mutex::default(),
+                metrics: self.metrics,
             }),
         })
     }
@@ -216,6 +236,9 @@ struct Inner {
     /// This member's id and the incarnation of this process.
     candidate: Candidate,
     election: Election,
+    /// The other named locks handed out, so that one name always gives the same election.
+    locks: Mutex<HashMap<String, Election>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Hedge {
@@ -256,14 +279,34 @@ impl Hedge {
     }
 
     /// Another named lock of this group, for this member, with the same timings. Run it with
-    /// [`Election::spawn`] or [`Election::run`].
+    /// [`Election::spawn`] or [`Election::run`]. The same name always gives the same election
+    /// (the group's own lock name gives [`Hedge::election`]): one loop per lock and member.
     pub fn lock(&self, name: &str) -> Result<Election, HedgeError> {
-        Ok(Election::new(
+        if name == self.inner.election.key().name {
+            return Ok(self.inner.election.clone());
+        }
+        let mut locks = self
+            .inner
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(election) = locks.get(name) {
+            return Ok(election.clone());
+        }
+        let election = Election::with_metrics(
             self.inner.store.clone(),
             LockKey::new(self.group(), name),
             self.inner.candidate.clone(),
             self.inner.config.election,
-        )?)
+            self.inner.metrics.clone(),
+        )?;
+        locks.insert(name.to_owned(), election.clone());
+        Ok(election)
+    }
+
+    /// The metrics this member counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Whether this member leads the group now (a local check, no I/O).
@@ -286,22 +329,21 @@ impl Hedge {
         self.inner.election.term()
     }
 
-    /// Waits until this member leads.
-    pub async fn wait_for_term(&self) -> Term {
+    /// Waits until this member leads; or returns the error that stopped the member.
+    pub async fn wait_for_term(&self) -> Result<Term, ElectionError> {
         self.inner.election.wait_for_term().await
     }
 
-    /// Waits until this member knows of a leader (itself or another).
-    pub async fn wait_for_any_leader(&self) -> LeaderInfo {
-        let mut events = self.inner.election.watch();
-        loop {
-            if let Some(leader) = self.leader() {
-                return leader;
-            }
-            if events.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
+    /// Waits until this member knows of a leader (itself or another); or returns the error
+    /// that stopped the member.
+    pub async fn wait_for_any_leader(&self) -> Result<LeaderInfo, ElectionError> {
+        self.inner.election.wait_for_leader().await
+    }
+
+    /// Gives up leadership, if this member leads: the lock is released at once and this member
+    /// waits one lease before campaigning again (see [`Election::resign`]).
+    pub fn resign(&self) {
+        self.inner.election.resign();
     }
 
     /// The latest leadership event (see [`Election::watch`]).
@@ -369,6 +411,20 @@ impl Hedge {
 }
 
 /// A running member. Dropping it stops the member, which releases the lock and leaves the group.
+///
+/// A member stops by itself only on an error retrying cannot fix (a missing table, a database
+/// that does not exist): [`HedgeGuard::wait`] returns it. A pod should then exit non-zero, so
+/// that Kubernetes restarts it and the failure is visible:
+///
+/// ```no_run
+/// # async fn serve(member: hedge::Hedge) {
+/// let guard = member.spawn();
+/// if let Err(e) = guard.wait().await {
+///     eprintln!("hedge stopped: {e}");
+///     std::process::exit(1);
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct HedgeGuard {
     shutdown: CancellationToken,
@@ -390,7 +446,19 @@ impl HedgeGuard {
         }
     }
 
+    /// Waits until the member stops by itself, and returns why (the error retrying cannot
+    /// fix); never returns while the member runs normally.
+    pub async fn wait(mut self) -> Result<(), HedgeError> {
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(ElectionError::Aborted(e.to_string()).into())),
+            None => Ok(()),
+        }
+    }
+
     /// Stops the member abruptly, as a crash would: nothing is released, the lease expires.
+    /// (In this process the term still ends visibly: its cancellation fires.)
     pub fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();

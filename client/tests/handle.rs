@@ -25,7 +25,7 @@ async fn a_member_leads_reports_its_token_and_joins_the_membership() {
     let a = member(&store, "a").await;
     let mut watch = a.watch();
     let guard = a.spawn();
-    let term = a.wait_for_term().await;
+    let term = a.wait_for_term().await.expect("leads");
     assert!(a.is_leader());
     assert_eq!(a.token(), Some(term.token));
     assert_eq!(
@@ -71,13 +71,13 @@ async fn dropping_the_guard_hands_over_to_a_waiting_member() {
     let a = member(&store, "a").await;
     let b = member(&store, "b").await;
     let guard_a = a.spawn();
-    a.wait_for_term().await;
+    a.wait_for_term().await.expect("leads");
     let _guard_b = b.spawn();
-    assert_eq!(b.wait_for_any_leader().await.id, "a");
+    assert_eq!(b.wait_for_any_leader().await.expect("a leader").id, "a");
     let poll = ElectionTimings::default().poll_interval;
     let dropped_at = tokio::time::Instant::now();
     drop(guard_a);
-    b.wait_for_term().await;
+    b.wait_for_term().await.expect("leads");
     assert!(dropped_at.elapsed() <= poll);
 }
 
@@ -87,7 +87,7 @@ async fn several_named_locks_per_member() {
     let a = member(&store, "a").await;
     let jobs = a.lock("jobs").expect("valid lock");
     let _guard = jobs.spawn();
-    let term = jobs.wait_for_term().await;
+    let term = jobs.wait_for_term().await.expect("leads");
     assert!(
         jobs.is_leader() && !a.is_leader(),
         "the group lock is not run yet"
@@ -205,12 +205,18 @@ async fn a_restarted_member_with_the_same_id_waits_for_its_old_lease() {
     let store = MemoryStore::new();
     let old = member(&store, "pod-a").await;
     let guard = old.spawn();
-    let old_term = old.wait_for_term().await;
+    let old_term = old.wait_for_term().await.expect("leads");
     guard.abort(); // the container crashes; the pod (and its name) stays
     let restarted = member(&store, "pod-a").await;
+    let mut events = restarted.events();
     let _guard = restarted.spawn();
     let started = tokio::time::Instant::now();
-    let term = restarted.wait_for_term().await;
+    // While the old incarnation's lease runs, the restarted member knows no leader: it is not
+    // told that "pod-a" leads while it does not.
+    tokio::time::sleep(ElectionTimings::default().poll_interval * 2).await;
+    assert!(!restarted.is_leader());
+    assert_eq!(restarted.leader(), None);
+    let term = restarted.wait_for_term().await.expect("leads");
     let timings = ElectionTimings::default();
     assert!(
         started.elapsed() >= timings.lease - timings.renew_interval,
@@ -218,4 +224,17 @@ async fn a_restarted_member_with_the_same_id_waits_for_its_old_lease() {
         started.elapsed()
     );
     assert!(term.token > old_term.token);
+    let mut elected = false;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            LeadershipEvent::Elected { .. } => elected = true,
+            LeadershipEvent::LeaderChanged { leader: Some(l) } if l.id == "pod-a" => {
+                assert!(elected, "LeaderChanged named this member before it was elected");
+                assert_eq!(l.token, term.token);
+            }
+            _ => {}
+        }
+    }
+    assert!(elected);
 }
+

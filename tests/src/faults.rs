@@ -28,11 +28,33 @@ pub enum Fault {
     SlowReply(Duration),
 }
 
+/// The operations of the [`Store`] trait, to aim a fault at one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `acquire`.
+    Acquire,
+    /// `renew`.
+    Renew,
+    /// `release`.
+    Release,
+    /// `lock_state`.
+    ReadLock,
+    /// `heartbeat_member`, `remove_member`, `list_members`.
+    Members,
+}
+
 /// A store whose operations suffer the current [`Fault`].
 #[derive(Clone, Debug)]
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
-    fault: Arc<Mutex<Fault>>,
+    fault: Arc<Mutex<Faults>>,
+}
+
+/// The fault for every operation, and overrides for some.
+#[derive(Clone, Debug, Default)]
+struct Faults {
+    all: Fault,
+    only: std::collections::HashMap<Op, Fault>,
 }
 
 impl FaultyStore {
@@ -44,23 +66,32 @@ impl FaultyStore {
         }
     }
 
-    /// Changes the fault for every operation from now on (operations in flight keep theirs).
+    /// Changes the fault for every operation from now on (operations in flight keep theirs),
+    /// and clears the faults aimed at single operations.
     pub fn set(&self, fault: Fault) {
-        *self
-            .fault
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
+        let mut faults = self.faults();
+        faults.all = fault;
+        faults.only.clear();
     }
 
-    fn current(&self) -> Fault {
-        *self
-            .fault
+    /// Changes the fault of one operation from now on.
+    pub fn set_for(&self, op: Op, fault: Fault) {
+        self.faults().only.insert(op, fault);
+    }
+
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.fault
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn apply<T>(&self, op: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
-        match self.current() {
+    fn current(&self, op: Op) -> Fault {
+        let faults = self.faults();
+        faults.only.get(&op).copied().unwrap_or(faults.all)
+    }
+
+    async fn apply<T>(&self, kind: Op, op: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        match self.current(kind) {
             Fault::None => op.await,
             Fault::Unreachable => Err(unreachable()),
             Fault::Slow(delay) => {
@@ -95,7 +126,8 @@ impl Store for FaultyStore {
         candidate: &Candidate,
         lease: Duration,
     ) -> StoreResult<AcquireOutcome> {
-        self.apply(self.inner.acquire(key, candidate, lease)).await
+        self.apply(Op::Acquire, self.inner.acquire(key, candidate, lease))
+            .await
     }
 
     async fn renew(
@@ -105,7 +137,7 @@ impl Store for FaultyStore {
         token: u64,
         lease: Duration,
     ) -> StoreResult<RenewOutcome> {
-        self.apply(self.inner.renew(key, holder, token, lease))
+        self.apply(Op::Renew, self.inner.renew(key, holder, token, lease))
             .await
     }
 
@@ -115,22 +147,26 @@ impl Store for FaultyStore {
         holder: &str,
         token: u64,
     ) -> StoreResult<ReleaseOutcome> {
-        self.apply(self.inner.release(key, holder, token)).await
+        self.apply(Op::Release, self.inner.release(key, holder, token))
+            .await
     }
 
     async fn lock_state(&self, key: &LockKey) -> StoreResult<Option<LockState>> {
-        self.apply(self.inner.lock_state(key)).await
+        self.apply(Op::ReadLock, self.inner.lock_state(key)).await
     }
 
     async fn heartbeat_member(&self, group: &str, member: &MemberHeartbeat) -> StoreResult<()> {
-        self.apply(self.inner.heartbeat_member(group, member)).await
+        self.apply(Op::Members, self.inner.heartbeat_member(group, member))
+            .await
     }
 
     async fn remove_member(&self, group: &str, id: &str) -> StoreResult<()> {
-        self.apply(self.inner.remove_member(group, id)).await
+        self.apply(Op::Members, self.inner.remove_member(group, id))
+            .await
     }
 
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
-        self.apply(self.inner.list_members(group)).await
+        self.apply(Op::Members, self.inner.list_members(group))
+            .await
     }
 }

@@ -1,18 +1,41 @@
 //! The memory backend of the conformance suite: one shared [`MemoryStore`], paused time.
+//!
+//! Every operation takes a millisecond each way, as a store over a network does: with no
+//! latency at all, a release, the nudge it causes and the next grant could all happen in the
+//! same instant of paused time, and the strict overlap checker (a term must end *strictly*
+//! before the next begins) could not tell a correct handover from an overlap.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hedge::ElectionTimings;
-use hedge::store::{LockKey, MemoryStore, Store};
+use hedge::store::{ClockSkew, Latency, LockKey, MemoryStore, Store};
 
 use crate::conformance::Backend;
 
-/// All members share one in-process store; with paused tokio time no slack is needed.
-#[derive(Clone, Debug, Default)]
+/// All members share one in-process store; with paused tokio time little slack is needed.
+#[derive(Clone, Debug)]
 pub struct MemoryBackend {
     store: MemoryStore,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        let store = MemoryStore::new();
+        store.set_latency(Latency {
+            request: Duration::from_millis(1),
+            reply: Duration::from_millis(1),
+        });
+        Self { store }
+    }
+}
+
+impl MemoryBackend {
+    /// The shared store, for tests that change its latency or clock.
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
 }
 
 #[async_trait]
@@ -30,8 +53,13 @@ impl Backend for MemoryBackend {
     }
 
     fn slack(&self) -> Duration {
-        // Paused time: store operations take no time at all; only the 5 ms polling of the
-        // scenarios' own wait loops is added.
-        Duration::from_millis(10)
+        // Paused time: store operations take 2 ms (one each way), and the scenarios' own wait
+        // loops poll every 5 ms.
+        Duration::from_millis(20)
+    }
+
+    fn skew_store_clock(&self, skew: ClockSkew) -> bool {
+        self.store.set_clock_skew(skew);
+        true
     }
 }

@@ -1,10 +1,17 @@
 //! A term-overlap checker (after kubernetes#67651): every member's terms are recorded as
 //! (token, start, end, deadline) intervals, and the checker verifies that tokens are unique and
-//! strictly increasing in grant order, and that no term began before the previous one ended.
+//! strictly increasing in grant order, and that every term ended *strictly* before the next one
+//! began.
+//!
+//! The recorder reads each election's event stream; the `Elected` and `Lost` events carry the
+//! term's deadline as it was at that moment, so nothing is read late. A recorder that falls
+//! behind (a lagged stream) has lost events, and the timeline then fails instead of passing
+//! on partial data.
 
 use std::sync::{Arc, Mutex};
 
 use hedge::{Election, LeadershipEvent};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -55,6 +62,13 @@ pub enum Violation {
     },
     /// A member signalled `Lost` after its own deadline.
     LateLoss(Interval),
+    /// The recorder of a member missed events: the timeline is incomplete.
+    Lagged {
+        /// The member.
+        member: String,
+        /// How many events it missed.
+        missed: u64,
+    },
 }
 
 /// Checks a set of intervals; an empty list means no violation.
@@ -72,8 +86,9 @@ pub fn check(intervals: &[Interval]) -> Vec<Violation> {
                 later: next.token,
             });
         }
-        // A term that never ended (still leading, and no deadline known) overlaps anything after.
-        if previous.end().is_none_or(|end| end > next.start) {
+        // A term that never ended (still leading, and no deadline known) overlaps anything
+        // after; a term must end strictly before the next one starts.
+        if previous.end().is_none_or(|end| end >= next.start) {
             violations.push(Violation::Overlap {
                 previous: previous.clone(),
                 next: next.clone(),
@@ -95,6 +110,7 @@ pub fn check(intervals: &[Interval]) -> Vec<Violation> {
 pub struct Timeline {
     intervals: Arc<Mutex<Vec<Interval>>>,
     recorders: Arc<Mutex<Vec<Recorder>>>,
+    lagged: Arc<Mutex<Vec<Violation>>>,
 }
 
 /// An election being recorded and the task that records it.
@@ -110,52 +126,62 @@ impl Timeline {
     pub fn record(&self, election: &Election) {
         let mut events = election.events();
         let intervals = self.intervals.clone();
-        let watched = election.clone();
+        let lagged = self.lagged.clone();
         let member = election.member_id().to_owned();
         let task = tokio::spawn(async move {
-            while let Ok(event) = events.recv().await {
-                let mut list = intervals
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            loop {
+                let event = match events.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Closed) => break,
+                    Err(RecvError::Lagged(missed)) => {
+                        lock(&lagged).push(Violation::Lagged {
+                            member: member.clone(),
+                            missed,
+                        });
+                        continue;
+                    }
+                };
+                let mut list = lock(&intervals);
                 match event {
-                    LeadershipEvent::Elected { token, since } => list.push(Interval {
+                    LeadershipEvent::Elected {
+                        token,
+                        since,
+                        deadline,
+                    } => list.push(Interval {
                         member: member.clone(),
                         token,
                         start: since,
                         lost_at: None,
-                        deadline: None,
+                        deadline: Some(deadline),
                     }),
-                    LeadershipEvent::Lost { token, at, .. } => {
+                    LeadershipEvent::Lost {
+                        token,
+                        at,
+                        deadline,
+                        ..
+                    } => {
                         if let Some(i) = list
                             .iter_mut()
                             .rev()
                             .find(|i| i.member == member && i.token == token)
                         {
                             i.lost_at = Some(at);
-                            i.deadline = watched.deadline();
+                            i.deadline = Some(deadline);
                         }
                     }
                     _ => {}
                 }
             }
         });
-        self.recorders
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((election.clone(), task));
+        lock(&self.recorders).push((election.clone(), task));
     }
 
-    /// The intervals so far; terms without a `Lost` get their election's current deadline.
+    /// The intervals so far; a term without a `Lost` yet gets its election's current deadline
+    /// (it may still be extended: such a term overlaps whatever comes after it, unless the
+    /// election has stopped).
     pub fn intervals(&self) -> Vec<Interval> {
-        let mut list = self
-            .intervals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let recorders = self
-            .recorders
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut list = lock(&self.intervals).clone();
+        let recorders = lock(&self.recorders);
         for i in list.iter_mut().filter(|i| i.lost_at.is_none()) {
             if let Some((election, _)) = recorders.iter().find(|(e, _)| e.member_id() == i.member) {
                 i.deadline = election.deadline();
@@ -164,15 +190,28 @@ impl Timeline {
         list
     }
 
+    /// Every violation: the checker's, and any recorder that lagged.
+    pub fn violations(&self) -> Vec<Violation> {
+        let mut violations = lock(&self.lagged).clone();
+        violations.extend(check(&self.intervals()));
+        violations
+    }
+
     /// Panics with the violations, if any.
     pub fn assert_safe(&self) {
-        let intervals = self.intervals();
-        let violations = check(&intervals);
+        let violations = self.violations();
         assert!(
             violations.is_empty(),
-            "term violations: {violations:#?}\nin timeline {intervals:#?}"
+            "term violations: {violations:#?}\nin timeline {:#?}",
+            self.intervals()
         );
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -193,7 +232,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_checker_finds_overlaps_and_token_reuse() {
-        assert!(check(&[interval(1, 0, 100), interval(2, 100, 200)]).is_empty());
+        assert!(check(&[interval(1, 0, 100), interval(2, 101, 200)]).is_empty());
+        // Ending in the same instant the next term starts is an overlap: strictly before.
+        assert!(matches!(
+            check(&[interval(1, 0, 100), interval(2, 100, 200)])[..],
+            [Violation::Overlap { .. }]
+        ));
         assert!(matches!(
             check(&[interval(1, 0, 100), interval(2, 99, 200)])[..],
             [Violation::Overlap { .. }]

@@ -13,6 +13,7 @@ pub mod schema;
 #[cfg(feature = "spanner")]
 pub mod spanner;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -142,7 +143,7 @@ pub struct MemberHeartbeat {
 /// | [`MissingTable`](StoreError::MissingTable), [`SchemaMismatch`](StoreError::SchemaMismatch) | no | the schema was not provisioned, or is older than this hedge |
 /// | [`InvalidRequest`](StoreError::InvalidRequest) | no | a value Spanner refuses, a statement it cannot parse |
 /// | [`Corrupt`](StoreError::Corrupt) | per row | a row hedge cannot read; the next grant overwrites it |
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend could not be reached, or answered "try again" (network, DNS, a closed
     /// emulator, Unavailable, DeadlineExceeded, Aborted, ResourceExhausted, Internal).
@@ -152,7 +153,7 @@ pub enum StoreError {
         message: String,
         /// The underlying error.
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// An operation did not complete within its deadline (it may still have committed).
     #[error("the coordination store did not answer within {0:?}")]
@@ -214,7 +215,7 @@ pub enum StoreError {
         message: String,
         /// The underlying error.
         #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
 }
 

@@ -91,7 +91,7 @@ impl Connection {
                 "could not build the Spanner database admin client: {e}: {}",
                 self.options.unreachable_hint()
             ),
-            source: Some(Box::new(e)),
+            source: Some(std::sync::Arc::new(e)),
         })
     }
 
@@ -151,7 +151,7 @@ async fn build_spanner(options: &SpannerOptions) -> StoreResult<Spanner> {
             "could not build the Spanner client: {e}: {}",
             options.unreachable_hint()
         ),
-        source: Some(Box::new(e)),
+        source: Some(std::sync::Arc::new(e)),
     })
 }
 

@@ -59,6 +59,7 @@ mod rows;
 mod status;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -95,6 +96,9 @@ pub struct SpannerStore {
     tables: TableNames,
     /// Serialises read-write transactions against an emulator (see the module docs).
     rw_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// How many times a read-write transaction body ran: more than the transactions when the
+    /// crate retried aborted ones.
+    attempts: Arc<AtomicU64>,
 }
 
 impl SpannerStore {
@@ -123,7 +127,15 @@ impl SpannerStore {
             conn,
             tables,
             rw_gate,
+            attempts: Arc::default(),
         })
+    }
+
+    /// How many times a read-write transaction's body has run on this store (and its clones):
+    /// every attempt counts, so the excess over the operations is the number of aborted
+    /// transactions the crate retried.
+    pub fn transaction_attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     /// The database this store uses.
@@ -241,10 +253,15 @@ impl SpannerStore {
 
     /// Runs `work` as one read-write transaction, bounded by the operation timeout. `work`
     /// returns `Ok(Err(_))` for a decision error (corrupt data): nothing is buffered then.
-    async fn read_write<T, F>(&self, op: &str, table: &str, work: F) -> StoreResult<T>
+    async fn read_write<T, F>(&self, op: &str, table: &str, mut work: F) -> StoreResult<T>
     where
         F: AsyncFnMut(ReadWriteTransaction) -> google_cloud_spanner::Result<StoreResult<T>>,
     {
+        let attempts = self.attempts.clone();
+        let work = async move |tx: ReadWriteTransaction| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            work(tx).await
+        };
         let timeout = self.conn.options.operation_timeout;
         let run = async {
             let _gate = match &self.rw_gate {
