@@ -42,7 +42,13 @@ pub const ENV_POD_UID: &str = "POD_UID";
 /// The pod IP, from the downward API.
 pub const ENV_POD_IP: &str = "POD_IP";
 
-/// The variables of the group's ConfigMap, exactly what [`Config::to_env`] writes.
+/// The Cloud Spanner emulator (`host:port` of its gRPC endpoint) the members use instead of
+/// Spanner, when the group names one (`spec.spanner.emulatorHost`). Optional: written only when
+/// set. Unlike the process-wide `SPANNER_EMULATOR_HOST`, it points only hedge's store there.
+pub const ENV_SPANNER_EMULATOR_HOST: &str = "HEDGE_SPANNER_EMULATOR_HOST";
+
+/// The variables of the group's ConfigMap, exactly what [`Config::to_env`] writes (and
+/// [`ENV_SPANNER_EMULATOR_HOST`] when an emulator is set).
 pub const CONFIG_MAP_VARIABLES: &[&str] = &[
     ENV_GROUP,
     ENV_DATABASE,
@@ -327,6 +333,9 @@ pub struct Config {
     pub address: Option<String>,
     /// The group secret that authenticates peer traffic.
     pub group_secret: Option<String>,
+    /// The Cloud Spanner emulator (`host:port`) to connect to instead of Spanner, when set
+    /// ([`ENV_SPANNER_EMULATOR_HOST`]); the builder's own Spanner options win over it.
+    pub spanner_emulator_host: Option<String>,
 }
 
 impl Config {
@@ -342,6 +351,7 @@ impl Config {
             peer_port: DEFAULT_PEER_PORT,
             address: None,
             group_secret: None,
+            spanner_emulator_host: None,
         }
     }
 
@@ -409,12 +419,16 @@ impl Config {
             .filter(|ip| !ip.is_empty())
             .map(|ip| socket_address(&ip, config.peer_port));
         config.group_secret = get(ENV_GROUP_SECRET).filter(|s| !s.is_empty());
+        config.spanner_emulator_host = get(ENV_SPANNER_EMULATOR_HOST)
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
         config.validate()?;
         Ok(config)
     }
 
     /// The ConfigMap variables for this configuration: exactly [`CONFIG_MAP_VARIABLES`], and
-    /// `HEDGE_SPANNER_DATABASE` only when a database is set.
+    /// `HEDGE_SPANNER_DATABASE` only when a database is set; [`ENV_SPANNER_EMULATOR_HOST`] too
+    /// when an emulator is.
     pub fn to_env(&self) -> BTreeMap<String, String> {
         let ms = |d: Duration| d.as_millis().to_string();
         let mut vars = BTreeMap::new();
@@ -438,6 +452,9 @@ impl Config {
         );
         put(ENV_MEMBER_TTL_MS, ms(self.membership.ttl));
         put(ENV_PEER_PORT, self.peer_port.to_string());
+        if let Some(host) = &self.spanner_emulator_host {
+            put(ENV_SPANNER_EMULATOR_HOST, host.clone());
+        }
         vars
     }
 
@@ -491,6 +508,29 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn the_emulator_host_round_trips_and_is_written_only_when_set() {
+        let mut config = Config::new("orders");
+        config.member_id = "pod-a".into();
+        assert!(!config.to_env().contains_key(ENV_SPANNER_EMULATOR_HOST));
+        config.spanner_emulator_host = Some("spanner-emulator.test.svc:9010".into());
+        let env = config.to_env();
+        assert_eq!(
+            env[ENV_SPANNER_EMULATOR_HOST],
+            "spanner-emulator.test.svc:9010"
+        );
+        let back = Config::from_vars(|k| {
+            env.get(k)
+                .cloned()
+                .or_else(|| (k == ENV_POD_NAME).then(|| "pod-a".into()))
+        })
+        .unwrap();
+        assert_eq!(back, config);
+        let blank =
+            Config::from_vars(vars(&[(ENV_GROUP, "g"), (ENV_SPANNER_EMULATOR_HOST, " ")])).unwrap();
+        assert_eq!(blank.spanner_emulator_host, None);
     }
 
     #[test]

@@ -39,7 +39,8 @@
 //! * [`options`]: how to reach Spanner; `connection.rs`: the client, deadlines, queries;
 //!   `errors.rs`: Spanner's errors classified by what retrying can fix;
 //! * `locks.rs`: acquire, renew, release (one transaction each, written once);
-//!   `members.rs`: the member rows; `rows.rs`: column decoding.
+//!   `members.rs`: the member rows; `rows.rs`: column decoding; `status.rs`: the operator's
+//!   one-call read of a group.
 //!
 //! # Emulator
 //!
@@ -55,6 +56,7 @@ mod locks;
 mod members;
 mod options;
 mod rows;
+mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +73,7 @@ pub use errors::MEMBER_ROLE;
 pub(crate) use errors::{ErrorContext, map_error};
 pub use options::{ENV_EMULATOR_HOST, ENV_EMULATOR_REST, SpannerOptions};
 use rows::column;
+pub use status::GroupStatus;
 
 use super::lease::{AcquireOutcome, ReleaseOutcome, RenewOutcome};
 use super::{
