@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     trials: u32,
     /// The lease in milliseconds; the other timings scale from it as the defaults do.
-    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(400..=60_000))]
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(600..=60_000))]
     lease_ms: u64,
     /// The store to run on.
     #[arg(long, value_enum, default_value_t = BackendKind::Spanner)]

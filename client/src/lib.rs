@@ -23,7 +23,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), hedge::HedgeError> {
 //! let store = MemoryStore::new();
-//! let timings = ElectionTimings::from_lease(Duration::from_millis(500));
+//! let timings = ElectionTimings::from_lease(Duration::from_secs(1));
 //! let mut guards = Vec::new();
 //! let mut members = Vec::new();
 //! for id in ["a", "b", "c"] {
