@@ -117,8 +117,8 @@ render() { # render NAME [helm args...]
 check "helm template (default values)" render default
 check "kubernetes-validate --strict (default values; ${kube_versions[*]})" \
     validate_manifests "$scratch/rendered-default.yaml"
-check "policy: security context, probes, RBAC without wildcards (default values)" \
-    py policy "$scratch/rendered-default.yaml"
+check "policy: security context, probes, RBAC without wildcards, cluster-wide RBAC (default values)" \
+    py policy "$scratch/rendered-default.yaml" --expect-rbac cluster
 for values in "${values_files[@]}"; do
     name=$(basename "$values" .yaml)
     rel=${values#"$root"/}
@@ -127,7 +127,17 @@ for values in "${values_files[@]}"; do
         validate_manifests "$scratch/rendered-$name.yaml"
     expectations=()
     gsa=$(sed -n 's/^  gcpServiceAccount: *//p' "$values")
-    [[ -n $gsa ]] && expectations=(--expect-annotation "ServiceAccount/iam.gke.io/gcp-service-account=$gsa")
+    [[ -n $gsa ]] && expectations+=(--expect-annotation "ServiceAccount/iam.gke.io/gcp-service-account=$gsa")
+    # A watched namespace gets a Role in it, never cluster-wide rights.
+    if [[ -n $(sed -n 's/^  watchNamespace: *//p' "$values") ]]; then
+        expectations+=(--expect-rbac namespaced)
+    else
+        expectations+=(--expect-rbac cluster)
+    fi
+    # Every allowlist entry becomes an --allow-database argument.
+    while read -r allow_ns allow_prefix; do
+        expectations+=(--expect-arg "$allow_ns=$allow_prefix")
+    done < <(sed -n 's/^    \([a-z0-9*"-]*\): \[\(projects[^],]*\)\]$/\1 \2/p' "$values" | tr -d '"')
     check "policy: security context, probes, RBAC without wildcards (-f $rel)" \
         py policy "$scratch/rendered-$name.yaml" "${expectations[@]}"
 done

@@ -4,7 +4,8 @@
   split DIR FILE...                     each HedgeGroup document of FILEs -> DIR/<name>.json,
                                         every other document -> DIR/others.yaml
   break IN.json OUT.json                a copy of a HedgeGroup with an unknown and a mistyped field
-  policy RENDERED.yaml [--expect-annotation KIND/KEY=VALUE]...
+  policy RENDERED.yaml [--expect-annotation KIND/KEY=VALUE] [--expect-arg ARG]
+         [--expect-rbac cluster|namespaced]...
                                         the security and RBAC rules the chart promises
 """
 
@@ -131,7 +132,7 @@ def break_example(in_path, out_path):
 # --- policy on the rendered chart ---------------------------------------------------------------
 
 
-def policy(rendered, expectations):
+def policy(rendered, expectations, args=(), rbac=None):
     docs = load_all(rendered)
     problems = []
 
@@ -169,6 +170,12 @@ def policy(rendered, expectations):
                 need(resources.get("limits", {}).get("memory"), f"{cw}: a memory limit must be set")
                 ports = {p.get("name"): p for p in c.get("ports", [])}
                 need("http-metrics" in ports, f"{cw}: container port http-metrics missing")
+                cargs = c.get("args", [])
+                if "--metrics-addr" in cargs:
+                    addr = cargs[cargs.index("--metrics-addr") + 1]
+                    need(addr.startswith("[::]:"), f"{cw}: --metrics-addr {addr} is not the IPv6 wildcard")
+                for arg in args:
+                    need(arg in cargs, f"{cw}: argument {arg} missing from {cargs}")
                 for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                     get = c.get(probe, {}).get("httpGet", {})
                     need(
@@ -181,6 +188,16 @@ def policy(rendered, expectations):
                     need("*" not in rule.get(field, []), f"{where}: wildcard in {field}: {rule}")
                 for verb in ("escalate", "bind", "impersonate"):
                     need(verb not in rule.get("verbs", []), f"{where}: verb {verb} is not needed: {rule}")
+
+    kinds_present = {d.get("kind") for d in docs}
+    if rbac == "namespaced":
+        need({"Role", "RoleBinding"} <= kinds_present, "a Role and RoleBinding are expected")
+        need(not kinds_present & {"ClusterRole", "ClusterRoleBinding"}, "no cluster-wide RBAC is expected")
+        for d in docs:
+            if d.get("kind") in ("Role", "RoleBinding"):
+                need(d.get("metadata", {}).get("namespace"), f"{d.get('kind')} without a namespace")
+    elif rbac == "cluster":
+        need({"ClusterRole", "ClusterRoleBinding"} <= kinds_present, "a ClusterRole and ClusterRoleBinding are expected")
 
     for expectation in expectations:
         target, _, pair = expectation.partition("/")
@@ -207,14 +224,21 @@ def main(argv):
     elif len(argv) == 3 and argv[0] == "break":
         break_example(argv[1], argv[2])
     elif len(argv) >= 2 and argv[0] == "policy":
-        expectations = []
+        expectations, args, rbac = [], [], None
         rest = argv[2:]
         while rest:
-            if rest[0] != "--expect-annotation" or len(rest) < 2:
+            if len(rest) < 2:
                 die(f"unexpected argument {rest[0]}")
-            expectations.append(rest[1])
+            if rest[0] == "--expect-annotation":
+                expectations.append(rest[1])
+            elif rest[0] == "--expect-arg":
+                args.append(rest[1])
+            elif rest[0] == "--expect-rbac" and rest[1] in ("cluster", "namespaced"):
+                rbac = rest[1]
+            else:
+                die(f"unexpected argument {rest[0]}")
             rest = rest[2:]
-        policy(argv[1], expectations)
+        policy(argv[1], expectations, args, rbac)
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

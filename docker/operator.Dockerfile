@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1.7
 # The hedge operator image. Build from the repository root:
-#   docker build -f docker/operator.Dockerfile -t hedge-operator:dev .
+#   docker buildx build --load -f docker/operator.Dockerfile -t hedge-operator:dev .
 
 # Build stage: the workspace's rust-version (Cargo.toml) and the locked dependencies.
 FROM rust:1.91-bookworm AS build
@@ -22,4 +22,5 @@ USER 65532:65532
 # Metrics and the /healthz and /readyz probes.
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/hedge-operator"]
-CMD ["--metrics-addr", "0.0.0.0:8080"]
+# The IPv6 wildcard (IPv6-only clusters too; falls back to 0.0.0.0 where IPv6 is off).
+CMD ["--metrics-addr", "[::]:8080"]

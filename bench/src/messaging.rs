@@ -237,7 +237,7 @@ pub async fn run(args: Args) -> Result<(), BenchError> {
     }
 
     // Join visible to every member, on the chosen backend.
-    let backend = crate::election::open(args.backend, args.joins as usize + 3).await?;
+    let backend = crate::election::open(args.backend).await?;
     let timings = ElectionTimings::default();
     let mut members = Vec::new();
     for i in 0..3 {
@@ -303,13 +303,14 @@ pub async fn run(args: Args) -> Result<(), BenchError> {
 }
 
 /// One graceful handover between two members with the peer transport: milliseconds from the
-/// leader's shutdown until the other member leads (release, announcement, nudged acquire).
+/// leader's shutdown until the other member leads (release, announcement, nudged acquire), and
+/// the margin violations both elections counted.
 pub(crate) async fn graceful_handover(
     stores: [Arc<dyn Store>; 2],
     timings: ElectionTimings,
     trial: u32,
     bound: Duration,
-) -> Result<f64, BenchError> {
+) -> Result<(f64, u64), BenchError> {
     let group = format!("bench-handover-{trial}");
     let mut members = Vec::new();
     for (i, store) in stores.into_iter().enumerate() {
@@ -337,6 +338,7 @@ pub(crate) async fn graceful_handover(
     let old = members.remove(leader);
     let released_at = Instant::now();
     let shutdown = tokio::spawn(old.guard.shutdown(Duration::from_secs(5)));
+    let old = old.hedge;
     let next = &members[0].hedge;
     timeout(bound, async {
         while !next.is_leader() {
@@ -347,8 +349,13 @@ pub(crate) async fn graceful_handover(
     .map_err(|_| BenchError::NoLeader(bound, trial))?;
     let elapsed = released_at.elapsed().as_secs_f64() * 1e3;
     let _ = shutdown.await;
+    let violations = old.election().margin_violations()
+        + members
+            .iter()
+            .map(|m| m.hedge.election().margin_violations())
+            .sum::<u64>();
     stop(members).await;
-    Ok(elapsed)
+    Ok((elapsed, violations))
 }
 
 fn progress(json: bool, what: &str) {

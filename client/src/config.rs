@@ -42,7 +42,13 @@ pub const ENV_POD_UID: &str = "POD_UID";
 /// The pod IP, from the downward API.
 pub const ENV_POD_IP: &str = "POD_IP";
 
-/// The variables of the group's ConfigMap, exactly what [`Config::to_env`] writes.
+/// The Cloud Spanner emulator (`host:port` of its gRPC endpoint) the members use instead of
+/// Spanner, when the group names one (`spec.spanner.emulatorHost`). Optional: written only when
+/// set. Unlike the process-wide `SPANNER_EMULATOR_HOST`, it points only hedge's store there.
+pub const ENV_SPANNER_EMULATOR_HOST: &str = "HEDGE_SPANNER_EMULATOR_HOST";
+
+/// The variables of the group's ConfigMap, exactly what [`Config::to_env`] writes (and
+/// [`ENV_SPANNER_EMULATOR_HOST`] when an emulator is set).
 pub const CONFIG_MAP_VARIABLES: &[&str] = &[
     ENV_GROUP,
     ENV_DATABASE,
@@ -133,12 +139,14 @@ pub const MAX_LEASE: Duration = Duration::from_secs(3600);
 ///
 /// The holder steps down a quarter of the margin before its local deadline (the *step-down
 /// lead*), so that the term's cancellation and the `Lost` event are out before `is_leader()`
-/// turns false by itself. Cancellation is cooperative and timers fire late on a loaded node:
-/// on a 2-core machine with both cores busy, tokio timers fired up to a few milliseconds late
-/// (see the `timer_slack` benchmark in BENCHMARKS.md). A 100 ms margin gives a 25 ms lead, several
-/// times that slack, and still covers the clock-rate difference between a member and Spanner
-/// (under 1 ms per 5 s lease at 200 ppm).
-pub const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(100);
+/// turns false by itself. Cancellation is cooperative and timers fire late on a loaded node: on
+/// a 2-core machine with both cores saturated, a 10 ms tokio sleep woke 1.2 ms late at the
+/// median, 13 ms at the 99th percentile and 77 ms at worst (the `timer_slack_ms` figure of
+/// `hedge-bench election`, BENCHMARKS.md). A 150 ms margin gives a 37 ms lead, above the 99th
+/// percentile, and leaves room for the worst case (lead + 77 ms < 150 ms); it also covers the
+/// clock-rate difference between a member and Spanner (under 1 ms per 5 s lease at 200 ppm).
+/// The default margin, 700 ms, gives a 175 ms lead.
+pub const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(150);
 
 /// The timings of an election.
 ///
@@ -176,7 +184,7 @@ impl Default for ElectionTimings {
 impl ElectionTimings {
     /// Timings scaled from a lease the way the defaults are: renew every lease/5, poll every
     /// 3/20 of the lease, margin lease/10 + 200 ms (capped to lease/4 for short leases, so a
-    /// lease under 400 ms gives a margin below [`MIN_SAFETY_MARGIN`], which `validate` refuses).
+    /// lease under 600 ms gives a margin below [`MIN_SAFETY_MARGIN`], which `validate` refuses).
     pub fn from_lease(lease: Duration) -> Self {
         let margin = (lease / 10 + Duration::from_millis(200)).min(lease / 4);
         Self {
@@ -327,6 +335,9 @@ pub struct Config {
     pub address: Option<String>,
     /// The group secret that authenticates peer traffic.
     pub group_secret: Option<String>,
+    /// The Cloud Spanner emulator (`host:port`) to connect to instead of Spanner, when set
+    /// ([`ENV_SPANNER_EMULATOR_HOST`]); the builder's own Spanner options win over it.
+    pub spanner_emulator_host: Option<String>,
 }
 
 impl Config {
@@ -342,6 +353,7 @@ impl Config {
             peer_port: DEFAULT_PEER_PORT,
             address: None,
             group_secret: None,
+            spanner_emulator_host: None,
         }
     }
 
@@ -409,12 +421,16 @@ impl Config {
             .filter(|ip| !ip.is_empty())
             .map(|ip| socket_address(&ip, config.peer_port));
         config.group_secret = get(ENV_GROUP_SECRET).filter(|s| !s.is_empty());
+        config.spanner_emulator_host = get(ENV_SPANNER_EMULATOR_HOST)
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty());
         config.validate()?;
         Ok(config)
     }
 
     /// The ConfigMap variables for this configuration: exactly [`CONFIG_MAP_VARIABLES`], and
-    /// `HEDGE_SPANNER_DATABASE` only when a database is set.
+    /// `HEDGE_SPANNER_DATABASE` only when a database is set; [`ENV_SPANNER_EMULATOR_HOST`] too
+    /// when an emulator is.
     pub fn to_env(&self) -> BTreeMap<String, String> {
         let ms = |d: Duration| d.as_millis().to_string();
         let mut vars = BTreeMap::new();
@@ -438,6 +454,9 @@ impl Config {
         );
         put(ENV_MEMBER_TTL_MS, ms(self.membership.ttl));
         put(ENV_PEER_PORT, self.peer_port.to_string());
+        if let Some(host) = &self.spanner_emulator_host {
+            put(ENV_SPANNER_EMULATOR_HOST, host.clone());
+        }
         vars
     }
 
@@ -494,6 +513,29 @@ mod tests {
     }
 
     #[test]
+    fn the_emulator_host_round_trips_and_is_written_only_when_set() {
+        let mut config = Config::new("orders");
+        config.member_id = "pod-a".into();
+        assert!(!config.to_env().contains_key(ENV_SPANNER_EMULATOR_HOST));
+        config.spanner_emulator_host = Some("spanner-emulator.test.svc:9010".into());
+        let env = config.to_env();
+        assert_eq!(
+            env[ENV_SPANNER_EMULATOR_HOST],
+            "spanner-emulator.test.svc:9010"
+        );
+        let back = Config::from_vars(|k| {
+            env.get(k)
+                .cloned()
+                .or_else(|| (k == ENV_POD_NAME).then(|| "pod-a".into()))
+        })
+        .unwrap();
+        assert_eq!(back, config);
+        let blank =
+            Config::from_vars(vars(&[(ENV_GROUP, "g"), (ENV_SPANNER_EMULATOR_HOST, " ")])).unwrap();
+        assert_eq!(blank.spanner_emulator_host, None);
+    }
+
+    #[test]
     fn to_env_round_trips_through_from_vars() {
         let mut config = Config::new("orders");
         config.database = Some("projects/p/instances/i/databases/d".parse().unwrap());
@@ -540,7 +582,7 @@ mod tests {
             ),
             (
                 &[(ENV_SAFETY_MARGIN_MS, "20")],
-                "safety margin (20ms) must be at least 100ms",
+                "safety margin (20ms) must be at least 150ms",
             ),
             (
                 &[(ENV_LEASE_MS, "7200000")],

@@ -23,7 +23,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), hedge::HedgeError> {
 //! let store = MemoryStore::new();
-//! let timings = ElectionTimings::from_lease(Duration::from_millis(500));
+//! let timings = ElectionTimings::from_lease(Duration::from_secs(1));
 //! let mut guards = Vec::new();
 //! let mut members = Vec::new();
 //! for id in ["a", "b", "c"] {
@@ -243,10 +243,17 @@ impl HedgeBuilder {
         let store = match (self.store, &self.config.database) {
             (Some(store), _) => store,
             #[cfg(feature = "spanner")]
-            (None, Some(db)) => Arc::new(
-                store::SpannerStore::connect(db, self.config.tables.clone(), &self.spanner_options)
-                    .await?,
-            ),
+            (None, Some(db)) => {
+                // The group's emulator (HEDGE_SPANNER_EMULATOR_HOST), unless the builder's own
+                // options name one.
+                let mut options = self.spanner_options.clone();
+                if options.emulator_host.is_none() {
+                    options.emulator_host = self.config.spanner_emulator_host.clone();
+                }
+                Arc::new(
+                    store::SpannerStore::connect(db, self.config.tables.clone(), &options).await?,
+                )
+            }
             _ => return Err(HedgeError::NoStore),
         };
         let key = LockKey::new(self.config.group.clone(), self.lock_name);

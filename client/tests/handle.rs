@@ -208,8 +208,14 @@ async fn a_restarted_member_with_the_same_id_waits_for_its_old_lease() {
     let old_term = old.wait_for_term().await.expect("leads");
     guard.abort(); // the container crashes; the pod (and its name) stays
     let restarted = member(&store, "pod-a").await;
+    let mut events = restarted.events();
     let _guard = restarted.spawn();
     let started = tokio::time::Instant::now();
+    // While the old incarnation's lease runs, the restarted member knows no leader: it is not
+    // told that "pod-a" leads while it does not.
+    tokio::time::sleep(ElectionTimings::default().poll_interval * 2).await;
+    assert!(!restarted.is_leader());
+    assert_eq!(restarted.leader(), None);
     let term = restarted.wait_for_term().await.expect("leads");
     let timings = ElectionTimings::default();
     assert!(
@@ -218,4 +224,19 @@ async fn a_restarted_member_with_the_same_id_waits_for_its_old_lease() {
         started.elapsed()
     );
     assert!(term.token > old_term.token);
+    let mut elected = false;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            LeadershipEvent::Elected { .. } => elected = true,
+            LeadershipEvent::LeaderChanged { leader: Some(l) } if l.id == "pod-a" => {
+                assert!(
+                    elected,
+                    "LeaderChanged named this member before it was elected"
+                );
+                assert_eq!(l.token, term.token);
+            }
+            _ => {}
+        }
+    }
+    assert!(elected);
 }

@@ -31,7 +31,7 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=50))]
         members: u16,
         /// The lease in milliseconds (renew and poll intervals are a fifth of it).
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(400..=60_000))]
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(600..=60_000))]
         lease_ms: u64,
     },
     /// Run one member of a group configured from the environment (HEDGE_* variables).

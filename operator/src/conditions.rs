@@ -9,6 +9,9 @@ pub const READY: &str = "Ready";
 pub const SCHEMA_READY: &str = "SchemaReady";
 /// The ConfigMap, Secret (and Deployment, NetworkPolicy when asked for) are in place.
 pub const CONFIG_READY: &str = "ConfigReady";
+/// A member has joined (a live member row); false when none has within the grace period after
+/// the configuration was in place.
+pub const MEMBERS_SEEN: &str = "MembersSeen";
 /// Something is wrong that the operator cannot fix by itself (an invalid spec, an unreachable
 /// Spanner, a failing API call).
 pub const DEGRADED: &str = "Degraded";

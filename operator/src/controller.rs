@@ -1,37 +1,33 @@
 //! The reconciler: observe → plan → apply → status for a live `HedgeGroup`, the deletion policy
-//! behind a finalizer for a deleted one, an error policy with exponential backoff, and the
-//! controller loop that drives them.
+//! behind a finalizer for a deleted one, an error policy with exponential backoff. The watches
+//! that drive it are in [`crate::watches`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use hedge::store::schema::SCHEMA_VERSION;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
-use kube::runtime::finalizer::{self, Event, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use rand::Rng;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, instrument, warn};
 
+use crate::allowlist::Allowlist;
 use crate::apply::{self, ApplyError};
-use crate::conditions::{CONFIG_READY, Cond, SCHEMA_READY, Status};
+use crate::conditions::{self, CONFIG_READY, Cond, MEMBERS_SEEN, SCHEMA_READY, Status};
 use crate::crd::{DeletionPolicy, FIELD_MANAGER, FINALIZER, HedgeGroup, HedgeGroupStatus};
 use crate::metrics::Metrics;
 use crate::observe::{self, ObserveError};
-use crate::plan::{self, Plan};
-use crate::provision::{ProvisionError, Provisioner};
-use crate::resources::MANAGED_BY_LABEL;
+use crate::plan::{self, CleanupObserved, Plan};
+use crate::provision::{GroupState, ProvisionError, Provisioner};
 use crate::spec::{self, SecretSource, ValidGroup};
 use crate::status::{self, Report};
+use crate::stores::{Stores, Writers};
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +53,24 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Adding or removing the finalizer failed, or the step it wraps did.
-    // NB: boxed because `finalizer::Error<Error>` holds an `Error` itself.
-    #[error(transparent)]
-    Finalizer(Box<finalizer::Error<Error>>),
+    /// Adding or removing the finalizer failed.
+    #[error("failed to {verb} the finalizer of HedgeGroup `{name}`: {source}")]
+    Finalizer {
+        /// `add` or `remove`.
+        verb: &'static str,
+        /// The HedgeGroup.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn http_code(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("HTTP {}", s.code),
+        _ => "no answer".into(),
+    }
 }
 
 impl Error {
@@ -72,13 +82,44 @@ impl Error {
             Error::Observe(ObserveError::Provision(e))
             | Error::Apply(ApplyError::Provision(e))
             | Error::Provision(e) => e.reason(),
+            Error::Apply(e) if e.is_conflict() => "Conflict",
             Error::Apply(ApplyError::Kube { .. }) => "KubeWriteFailed",
             Error::Status { .. } => "StatusWriteFailed",
-            Error::Finalizer(f) => match f.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-                // Adding or removing the finalizer failed (or the object has no name).
-                _ => "FinalizerFailed",
-            },
+            Error::Finalizer { .. } => "FinalizerFailed",
+        }
+    }
+
+    /// A message for conditions that stays the same while the failure does: the failed step and
+    /// its reason, never the error's own text (which can vary from one attempt to the next, and a
+    /// status that changes on every failure would defeat the backoff). The full error goes to the
+    /// logs and the events.
+    pub fn summary(&self) -> String {
+        match self {
+            Error::Observe(ObserveError::Kube { kind, name, source }) => {
+                format!("failed to read {kind} `{name}` ({})", http_code(source))
+            }
+            Error::Apply(ApplyError::Kube {
+                verb,
+                kind,
+                name,
+                source,
+            }) => format!("failed to {verb} {kind} `{name}` ({})", http_code(source)),
+            Error::Observe(ObserveError::Provision(e))
+            | Error::Apply(ApplyError::Provision(e))
+            | Error::Provision(e) => e.summary(),
+            Error::Status { name, source } => {
+                format!(
+                    "failed to write the status of `{name}` ({})",
+                    http_code(source)
+                )
+            }
+            Error::Finalizer { verb, name, source } => {
+                format!(
+                    "failed to {verb} the finalizer of `{name}` ({})",
+                    http_code(source)
+                )
+            }
+            Error::MissingNamespace => self.to_string(),
         }
     }
 }
@@ -87,12 +128,22 @@ impl Error {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// How long after a successful reconcile the group is reconciled again, to refresh the
-    /// leader and members in its status.
+    /// leader and members in its status (each requeue is jittered by up to ±10%, so that groups
+    /// created together do not stay in step).
     pub resync: Duration,
     /// The first retry delay after a failure; it doubles with each further failure.
     pub backoff_base: Duration,
     /// The longest retry delay.
     pub backoff_max: Duration,
+    /// The most reconciles at once.
+    pub concurrency: u16,
+    /// How long after the configuration is in place a group may have no member before
+    /// `MembersSeen` turns false.
+    pub members_grace: Duration,
+    /// How often a deleted group checks whether its members are gone before its rows go.
+    pub cleanup_poll: Duration,
+    /// The databases each namespace may name.
+    pub allowlist: Allowlist,
 }
 
 impl Default for Settings {
@@ -101,6 +152,10 @@ impl Default for Settings {
             resync: Duration::from_secs(30),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
+            concurrency: 8,
+            members_grace: Duration::from_secs(300),
+            cleanup_poll: Duration::from_secs(5),
+            allowlist: Allowlist::default(),
         }
     }
 }
@@ -117,6 +172,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// Timings.
     pub settings: Settings,
+    /// The watch caches a reconcile reads.
+    pub stores: Stores,
+    /// Their writers, until the watches take them.
+    pub(crate) writers: Mutex<Option<Writers>>,
     /// Consecutive failures per HedgeGroup (`namespace/name`), for the backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -130,12 +189,15 @@ impl Context {
         metrics: Metrics,
         settings: Settings,
     ) -> Self {
+        let (stores, writers) = crate::stores::stores();
         Self {
             client,
             recorder,
             provisioner,
             metrics,
             settings,
+            stores,
+            writers,
             failures: Mutex::default(),
         }
     }
@@ -163,30 +225,124 @@ impl Context {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(key);
     }
+
+    /// The resync delay with ±10% jitter.
+    fn resync(&self) -> Duration {
+        let base = self.settings.resync;
+        let jitter = rand::rng().random_range(0.9..=1.1);
+        base.mul_f64(jitter)
+    }
 }
 
 fn key(hg: &HedgeGroup) -> String {
     format!("{}/{}", hg.namespace().unwrap_or_default(), hg.name_any())
 }
 
-/// Reconciles one HedgeGroup: adds the finalizer first, applies the deletion policy when the
-/// group is being deleted, and otherwise brings everything to the spec.
+/// Whether the group needs the finalizer: its deletion policy touches Spanner, or a Deployment
+/// carries (or may carry) its configuration and must be given back. A group that needs neither
+/// is deleted at once.
+pub fn needs_finalizer(hg: &HedgeGroup) -> bool {
+    hg.spec.deletion_policy != DeletionPolicy::Retain
+        || hg.spec.deployment.is_some()
+        || hg.status.as_ref().is_some_and(|s| s.deployment.is_some())
+}
+
+fn has_finalizer(hg: &HedgeGroup) -> bool {
+    hg.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Reconciles one HedgeGroup: applies the deletion policy when it is being deleted, and
+/// otherwise adds (or drops) the finalizer as needed and brings everything to the spec.
 #[instrument(skip_all, fields(group = %key(&hg)))]
 pub async fn reconcile(hg: Arc<HedgeGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.count_and_measure();
     let ns = hg.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<HedgeGroup> = Api::namespaced(ctx.client.clone(), &ns);
     let key = key(&hg);
-    let action = finalizer(&api, FINALIZER, hg, |event| async {
-        match event {
-            Event::Apply(hg) => reconcile_group(&hg, &ctx).await,
-            Event::Cleanup(hg) => cleanup_group(&hg, &ctx).await,
+    let action = if hg.meta().deletion_timestamp.is_some() {
+        if !has_finalizer(&hg) {
+            return Ok(Action::await_change());
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+        match cleanup_group(&hg, &ctx).await {
+            Ok(Cleanup::Done) => {
+                remove_finalizer(&api, &hg).await?;
+                Action::await_change()
+            }
+            Ok(Cleanup::Wait(action)) => action,
+            Err(e) => {
+                let report = carried_report(hg.status.as_ref(), hg.meta().generation)
+                    .failed("CleanupFailed", &e.summary());
+                // The status transition publishes the `CleanupFailed` event; the full error goes
+                // to the log (error_policy).
+                if let Err(status_error) = write_status(&ctx, &hg, &report).await {
+                    warn!("could not record the failure in the status: {status_error}");
+                }
+                return Err(e);
+            }
+        }
+    } else if needs_finalizer(&hg) && !has_finalizer(&hg) {
+        // The watch sees the finalizer arrive and reconciles again.
+        add_finalizer(&api, &hg).await?;
+        Action::await_change()
+    } else {
+        if !needs_finalizer(&hg) && has_finalizer(&hg) {
+            remove_finalizer(&api, &hg).await?;
+        }
+        reconcile_group(&hg, &ctx).await?
+    };
     ctx.reset_backoff(&key);
     Ok(action)
+}
+
+/// Adds the finalizer by a JSON patch whose `test` fails if the list changed since it was read.
+async fn add_finalizer(api: &Api<HedgeGroup>, hg: &HedgeGroup) -> Result<(), Error> {
+    let patch = match &hg.meta().finalizers {
+        None => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ]),
+        Some(existing) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": existing},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]),
+    };
+    patch_finalizers(api, hg, "add", patch).await
+}
+
+/// Removes the finalizer by a JSON patch that tests its position first.
+async fn remove_finalizer(api: &Api<HedgeGroup>, hg: &HedgeGroup) -> Result<(), Error> {
+    let Some(i) = hg.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{i}");
+    let patch = json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]);
+    patch_finalizers(api, hg, "remove", patch).await
+}
+
+async fn patch_finalizers(
+    api: &Api<HedgeGroup>,
+    hg: &HedgeGroup,
+    verb: &'static str,
+    patch: serde_json::Value,
+) -> Result<(), Error> {
+    let name = hg.name_any();
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer {
+        verb,
+        name: name.clone(),
+        source: kube::Error::SerdeError(e),
+    })?;
+    match api
+        .patch::<HedgeGroup>(&name, &PatchParams::default(), &Patch::Json(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: nothing left to finalize.
+        Err(kube::Error::Api(s)) if s.code == 404 && verb == "remove" => Ok(()),
+        Err(source) => Err(Error::Finalizer { verb, name, source }),
+    }
 }
 
 /// Logs the failure, counts it by reason, and retries with exponential backoff.
@@ -199,27 +355,54 @@ pub fn error_policy(hg: Arc<HedgeGroup>, error: &Error, ctx: Arc<Context>) -> Ac
 
 async fn reconcile_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error> {
     let old = hg.status.as_ref();
+    let generation = hg.meta().generation;
     let v = match spec::validate(hg) {
         Ok(v) => v,
         Err(invalid) => {
             // A spec that cannot work: say so and wait for the user to change it.
             info!("invalid spec: {invalid}");
-            write_status(
-                ctx,
-                hg,
-                &Report::invalid(old, hg.meta().generation, &invalid.to_string()),
-            )
-            .await?;
+            let report = Report::invalid(old, generation, "InvalidSpec", &invalid.to_string());
+            write_status(ctx, hg, &report).await?;
             return Ok(Action::await_change());
         }
     };
-    match converge(&v, ctx).await {
+    if !ctx
+        .settings
+        .allowlist
+        .allows(&v.namespace, &v.database.to_string())
+    {
+        let allowed = ctx.settings.allowlist.prefixes_for(&v.namespace);
+        let message = format!(
+            "database {} is not allowed for namespace {}: the operator admits only {}",
+            v.database,
+            v.namespace,
+            if allowed.is_empty() {
+                "no database here".to_owned()
+            } else {
+                allowed.join(", ")
+            }
+        );
+        info!("{message}");
+        write_status(
+            ctx,
+            hg,
+            &Report::invalid(old, generation, "DatabaseNotAllowed", &message),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    match converge(&v, hg, ctx).await {
         Ok(report) => {
             write_status(ctx, hg, &report).await?;
-            Ok(Action::requeue(ctx.settings.resync))
+            Ok(Action::requeue(ctx.resync()))
+        }
+        // Changed under the reconcile: read again soon, no degradation to report.
+        Err(e) if matches!(&e, Error::Apply(a) if a.is_conflict()) => {
+            info!("conflict, reconciling again: {e}");
+            Err(e)
         }
         Err(e) => {
-            let report = carried_report(old, &v).failed(e.reason(), &e.to_string());
+            let report = carried_report(old, generation).failed(e.reason(), &e.summary());
             if let Err(status_error) = write_status(ctx, hg, &report).await {
                 warn!("could not record the failure in the status: {status_error}");
             }
@@ -228,52 +411,158 @@ async fn reconcile_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error
     }
 }
 
-/// Ensure the schema, observe, plan, apply, and read the group's state: the report the status
-/// is built from.
-async fn converge(v: &ValidGroup, ctx: &Context) -> Result<Report, Error> {
+/// Whether the schema was verified for this generation: `SchemaReady` true for it.
+fn schema_checked(hg: &HedgeGroup) -> bool {
+    hg.status.as_ref().is_some_and(|s| {
+        conditions::find(&s.conditions, SCHEMA_READY)
+            .is_some_and(|c| c.status == "True" && c.observed_generation == hg.meta().generation)
+            && s.schema_version == Some(SCHEMA_VERSION)
+    })
+}
+
+/// Reads the group's state (one Spanner call), ensures the schema when needed, observes, plans
+/// and applies: the report the status is built from.
+async fn converge(v: &ValidGroup, hg: &HedgeGroup, ctx: &Context) -> Result<Report, Error> {
     let provisioner = ctx.provisioner.as_ref();
-    // The schema first: members must never start against missing tables.
-    let (schema, schema_version) = match provisioner.ensure_schema(&v.database, &v.tables).await {
-        Ok(outcome) => {
-            if !outcome.applied.is_empty() {
-                info!(from = ?outcome.version_before, to = outcome.version_after, "provisioned the schema");
-            }
-            let version = outcome.version_after;
-            let message = format!("the tables are at schema version {version}");
-            (
-                Cond::new(SCHEMA_READY, Status::True, "Provisioned", message),
-                Some(version),
-            )
-        }
-        // Members of a newer hedge own these tables; this operator leaves them alone.
-        Err(e @ ProvisionError::TooNew { found, .. }) => (
-            Cond::new(SCHEMA_READY, Status::False, e.reason(), e.to_string()),
-            Some(found),
+    // One read tells the leader, the members and the recorded schema version. The schema is
+    // ensured only for a new generation, a version other than this operator's, or a missing
+    // table: an unchanged group costs this one call.
+    let first = provisioner.group_state(&v.target(), &v.group).await;
+    let (needs_schema, mut state) = match first {
+        Ok(state) => (
+            !schema_checked(hg) || state.schema_version != Some(SCHEMA_VERSION),
+            Some(state),
         ),
+        Err(e) if e.needs_schema() => (true, None),
         Err(e) => return Err(e.into()),
     };
-    let observed = observe::observe(&ctx.client, v).await?;
-    let plan = plan::plan(v, &observed);
+    let (schema, schema_version) = if needs_schema {
+        match provisioner.ensure_schema(&v.target()).await {
+            Ok(outcome) => {
+                if !outcome.applied.is_empty() {
+                    info!(from = ?outcome.version_before, to = outcome.version_after, "provisioned the schema");
+                }
+                if state.is_none() {
+                    state = Some(provisioner.group_state(&v.target(), &v.group).await?);
+                }
+                (
+                    schema_ready(outcome.version_after),
+                    Some(outcome.version_after),
+                )
+            }
+            // Members of a newer hedge own these tables; this operator leaves them alone.
+            Err(e @ ProvisionError::TooNew { found, .. }) => (
+                Cond::new(SCHEMA_READY, Status::False, e.reason(), e.to_string()),
+                Some(found),
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        let version = state.as_ref().and_then(|s| s.schema_version);
+        (schema_ready(version.unwrap_or(SCHEMA_VERSION)), version)
+    };
+
+    let previous = hg.status.as_ref().and_then(|s| s.deployment.as_deref());
+    let mut observed = observe::observe(&ctx.client, &ctx.stores, v, previous).await?;
+    let mut plan = plan::plan(v, &observed);
+    if plan.create_secret {
+        // Created first, so the Deployment's config hash covers its value.
+        observed.secret = Some(apply::create_secret(&ctx.client, v).await?);
+        plan = plan::plan(v, &observed);
+    }
     debug!(writes = plan.writes(), "planned");
     apply::apply(&ctx.client, v, &plan).await?;
-    let group_state = if schema.status == Status::True {
-        Some(
-            provisioner
-                .group_state(&v.database, &v.tables, &v.group)
-                .await?,
-        )
-    } else {
-        None
-    };
+
+    let config = config_condition(v, &plan);
+    let members = members_condition(
+        hg.status.as_ref(),
+        state.as_ref(),
+        &config,
+        ctx.settings.members_grace,
+    );
     Ok(Report {
         generation: v.generation,
         group: Some(v.group.clone()),
         schema,
-        config: config_condition(v, &plan),
+        config,
+        members,
         degraded: None,
         schema_version,
-        group_state,
+        group_state: if schema_version.is_some_and(|s| s > SCHEMA_VERSION) {
+            None
+        } else {
+            state
+        },
+        deployment: Some(plan.configured_deployment.clone()),
     })
+}
+
+fn schema_ready(version: i64) -> Cond {
+    Cond::new(
+        SCHEMA_READY,
+        Status::True,
+        "Provisioned",
+        format!("the tables are at schema version {version}"),
+    )
+}
+
+/// `MembersSeen`: true once a member has a live row; unknown while the group waits for its first
+/// members; false when none has joined within the grace period after the configuration was in
+/// place (a member that cannot reach the same database, say, with other credentials or another
+/// emulator host).
+fn members_condition(
+    old: Option<&HedgeGroupStatus>,
+    state: Option<&GroupState>,
+    config: &Cond,
+    grace: Duration,
+) -> Cond {
+    let Some(state) = state else {
+        return status::carried(old, MEMBERS_SEEN).unwrap_or_else(|| {
+            Cond::new(MEMBERS_SEEN, Status::Unknown, "Pending", "not read yet")
+        });
+    };
+    if state.members > 0 {
+        return Cond::new(
+            MEMBERS_SEEN,
+            Status::True,
+            "Joined",
+            format!("{} live member(s)", state.members),
+        );
+    }
+    let waiting = Cond::new(
+        MEMBERS_SEEN,
+        Status::Unknown,
+        "Waiting",
+        "no member has joined yet",
+    );
+    if config.status != Status::True {
+        return waiting;
+    }
+    // Waiting since the condition last changed (to Unknown), or since now.
+    let since = old
+        .and_then(|s| conditions::find(&s.conditions, MEMBERS_SEEN))
+        .filter(|c| c.status != Status::True.as_str())
+        .map(|c| c.last_transition_time.0);
+    let waited = since.map_or(Duration::ZERO, |t| {
+        Timestamp::now()
+            .duration_since(t)
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+    });
+    if since.is_some() && waited >= grace {
+        return Cond::new(
+            MEMBERS_SEEN,
+            Status::False,
+            "NoMembers",
+            format!(
+                "no member has joined within {}s of the configuration being in place: check that \
+                 the members reach the same Spanner database as the operator (credentials, \
+                 emulator host) and that they run",
+                grace.as_secs()
+            ),
+        );
+    }
+    waiting
 }
 
 fn config_condition(v: &ValidGroup, plan: &Plan) -> Cond {
@@ -306,16 +595,18 @@ fn config_condition(v: &ValidGroup, plan: &Plan) -> Cond {
 }
 
 /// The report of a reconcile that failed before it learned anything new: the old conditions.
-fn carried_report(old: Option<&HedgeGroupStatus>, v: &ValidGroup) -> Report {
+fn carried_report(old: Option<&HedgeGroupStatus>, generation: Option<i64>) -> Report {
     let pending = |type_| Cond::new(type_, Status::Unknown, "Pending", "not reconciled yet");
     Report {
-        generation: v.generation,
-        group: Some(v.group.clone()),
+        generation,
+        group: None,
         schema: status::carried(old, SCHEMA_READY).unwrap_or_else(|| pending(SCHEMA_READY)),
         config: status::carried(old, CONFIG_READY).unwrap_or_else(|| pending(CONFIG_READY)),
+        members: status::carried(old, MEMBERS_SEEN).unwrap_or_else(|| pending(MEMBERS_SEEN)),
         degraded: None,
         schema_version: None,
         group_state: None,
+        deployment: None,
     }
 }
 
@@ -360,7 +651,15 @@ async fn publish(ctx: &Context, hg: &HedgeGroup, event: &KubeEvent) {
     }
 }
 
-async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error> {
+/// How far a clean-up got.
+enum Cleanup {
+    /// Finished: the finalizer can go.
+    Done,
+    /// Waiting (for the members to leave): run again after this.
+    Wait(Action),
+}
+
+async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Cleanup, Error> {
     let v = match spec::validate(hg) {
         Ok(v) => v,
         Err(invalid) => {
@@ -373,29 +672,97 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error> 
                 &cleanup_event(EventType::Warning, "CleanupSkipped", note),
             )
             .await;
-            return Ok(Action::await_change());
+            return Ok(Cleanup::Done);
         }
     };
-    let provisioner = ctx.provisioner.as_ref();
-    let observed = observe::observe_cleanup(&ctx.client, provisioner, &v).await?;
-    let plan = plan::plan_cleanup(&v, &observed);
-    apply::apply_cleanup(&ctx.client, provisioner, &v, &plan).await?;
-    let note = match v.deletion_policy {
-        DeletionPolicy::Retain => {
-            format!("Retain: kept the rows of group {} and the tables", v.group)
+    let previous = hg.status.as_ref().and_then(|s| s.deployment.as_deref());
+    // The Deployment first, so that no new pod references the objects about to be collected and
+    // the members stop (their new pods no longer join).
+    let deployments = observe::observe_cleanup_deployments(&ctx.client, &v, previous).await?;
+    let mut plan = plan::plan_cleanup(
+        &v,
+        &CleanupObserved {
+            other_users: Vec::new(),
+            deployments,
+        },
+    );
+    apply::release(&ctx.client, &v.namespace, &plan.releases).await?;
+
+    let allowed = ctx
+        .settings
+        .allowlist
+        .allows(&v.namespace, &v.database.to_string());
+    let note = if !plan.delete_rows {
+        match (v.skip_cleanup, v.deletion_policy) {
+            (true, _) => format!(
+                "skip-cleanup: kept the rows of group {} and the tables (annotation {})",
+                v.group,
+                crate::crd::SKIP_CLEANUP_ANNOTATION
+            ),
+            _ => format!("Retain: kept the rows of group {} and the tables", v.group),
         }
-        DeletionPolicy::DeleteRows => format!("DeleteRows: deleted the rows of group {}", v.group),
-        DeletionPolicy::DropTables if plan.drop_tables => {
-            format!(
-                "DropTables: deleted the rows of group {} and dropped the tables",
-                v.group
-            )
+    } else if !allowed {
+        format!(
+            "{:?}: database {} is not allowed for namespace {}; Spanner was not touched",
+            v.deletion_policy, v.database, v.namespace
+        )
+    } else {
+        let provisioner = ctx.provisioner.as_ref();
+        let mut state = provisioner.group_state(&v.target(), &v.group).await;
+        if state
+            .as_ref()
+            .is_err_and(|e| e.reason() == "SchemaMismatch")
+        {
+            // An older hedge's tables: bring them to this version (new columns only; nothing of
+            // theirs changes, and a table that is not hedge's is refused) to read the members.
+            provisioner.ensure_schema(&v.target()).await?;
+            state = provisioner.group_state(&v.target(), &v.group).await;
         }
-        DeletionPolicy::DropTables => format!(
-            "DropTables: deleted the rows of group {}; kept the tables, still used by {}",
-            v.group,
-            plan.tables_kept_for.join(", ")
-        ),
+        match state {
+            Err(e) if e.is_database_missing() => {
+                format!(
+                    "the database {} does not exist: nothing to clean up",
+                    v.database
+                )
+            }
+            Err(e) if e.is_missing_table() => {
+                provisioner.evict(&v.target()).await;
+                format!(
+                    "the tables of group {} do not exist: nothing to clean up",
+                    v.group
+                )
+            }
+            Err(e) => return Err(e.into()),
+            Ok(state) if state.members > 0 => {
+                // Deleting the rows under running members would only see their heartbeats
+                // write them back: wait until they are gone.
+                let message = format!(
+                    "waiting for {} live member(s) to leave before applying the deletion policy \
+                     {:?}",
+                    state.members, v.deletion_policy
+                );
+                let report = carried_report(hg.status.as_ref(), hg.meta().generation)
+                    .failed("WaitingForMembers", &message);
+                write_status(ctx, hg, &report).await?;
+                return Ok(Cleanup::Wait(Action::requeue(ctx.settings.cleanup_poll)));
+            }
+            Ok(_) => {
+                if plan.drop_tables {
+                    let other_users =
+                        observe::other_table_users(&ctx.stores, provisioner, &v).await?;
+                    if !other_users.is_empty() {
+                        plan.drop_tables = false;
+                        plan.tables_kept_for = other_users;
+                    }
+                }
+                provisioner.delete_group_rows(&v.target(), &v.group).await?;
+                if plan.drop_tables {
+                    provisioner.drop_schema(&v.target()).await?;
+                }
+                provisioner.evict(&v.target()).await;
+                cleanup_note(&v, &plan)
+            }
+        }
     };
     info!("{note}");
     publish(
@@ -404,7 +771,28 @@ async fn cleanup_group(hg: &HedgeGroup, ctx: &Context) -> Result<Action, Error> 
         &cleanup_event(EventType::Normal, "CleanedUp", note),
     )
     .await;
-    Ok(Action::await_change())
+    Ok(Cleanup::Done)
+}
+
+fn cleanup_note(v: &ValidGroup, plan: &plan::CleanupPlan) -> String {
+    match v.deletion_policy {
+        DeletionPolicy::DropTables if plan.drop_tables => format!(
+            "DropTables: deleted the rows of group {} and dropped the tables",
+            v.group
+        ),
+        DeletionPolicy::DropTables if plan.drop_unconfirmed => format!(
+            "DropTables: deleted the rows of group {}; kept the tables, as the annotation {}: \
+             \"true\" did not confirm dropping them",
+            v.group,
+            crate::crd::CONFIRM_DROP_TABLES_ANNOTATION
+        ),
+        DeletionPolicy::DropTables => format!(
+            "DropTables: deleted the rows of group {}; kept the tables, still used by {}",
+            v.group,
+            plan.tables_kept_for.join(", ")
+        ),
+        _ => format!("DeleteRows: deleted the rows of group {}", v.group),
+    }
 }
 
 fn cleanup_event(type_: EventType, reason: &str, note: String) -> KubeEvent {
@@ -414,548 +802,5 @@ fn cleanup_event(type_: EventType, reason: &str, note: String) -> KubeEvent {
         note: Some(note),
         action: "Delete".into(),
         secondary: None,
-    }
-}
-
-/// Why the controller could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The HedgeGroup CRD is not installed.
-    #[error(
-        "the HedgeGroup CRD (hedgegroups.hedge.dev) is not installed in this cluster: install the \
-         Helm chart, or run `hedge-operator crd | kubectl apply -f -`"
-    )]
-    CrdMissing,
-    /// The API server could not be asked.
-    #[error("cannot list HedgeGroups: {0}")]
-    Kube(#[source] kube::Error),
-}
-
-/// Checks that the CRD is installed (listing HedgeGroups answers 404 when it is not).
-pub async fn check_crd(api: &Api<HedgeGroup>) -> Result<(), RunError> {
-    match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 404 => Err(RunError::CrdMissing),
-        Err(e) => Err(RunError::Kube(e)),
-    }
-}
-
-/// Runs the controller until `shutdown` is cancelled: watches HedgeGroups (in `namespace`, or all
-/// namespaces), the ConfigMaps the operator owns, and the Deployments the groups reference.
-/// `started` is called once the CRD check passed (it marks the operator ready).
-pub async fn run(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    shutdown: CancellationToken,
-    started: impl FnOnce(),
-) -> Result<(), RunError> {
-    let client = ctx.client.clone();
-    let (groups, config_maps, deployments) = match namespace {
-        Some(ns) => (
-            Api::<HedgeGroup>::namespaced(client.clone(), ns),
-            Api::<ConfigMap>::namespaced(client.clone(), ns),
-            Api::<Deployment>::namespaced(client, ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client),
-        ),
-    };
-    check_crd(&groups).await?;
-    started();
-    let controller = Controller::new(groups, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    controller
-        .owns(
-            config_maps,
-            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}")),
-        )
-        .watches(
-            deployments,
-            watcher::Config::default(),
-            move |d: Deployment| {
-                let (ns, name) = (d.namespace(), d.name_any());
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|hg| {
-                        hg.namespace() == ns
-                            && hg.spec.deployment.as_ref().is_some_and(|t| t.name == name)
-                    })
-                    .map(|hg| ObjectRef::from_obj(hg.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => debug!(%object, "reconciled"),
-                Err(e) => debug!("controller: {e}"),
-            }
-        })
-        .await;
-    Ok(())
-}
-
-// Mocked API tests: the fake API server of `fixtures.rs` answers and records every request.
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    use http::Method;
-    use kube::runtime::controller::Action;
-    use serde_json::{Value, json};
-
-    use super::{Context, error_policy, reconcile};
-    use crate::conditions::{self, CONFIG_READY, DEGRADED, READY, SCHEMA_READY};
-    use crate::crd::{DeletionPolicy, HedgeGroup};
-    use crate::fixtures::{self, ApiServerVerifier, FakeProvisioner, FakeSpanner, NS, leader};
-
-    const HG: &str = "/apis/hedge.dev/v1alpha1/namespaces/testns/hedgegroups";
-    const SSA: &str = "?&force=true&fieldManager=hedge-operator";
-
-    fn fresh() -> (Arc<Context>, ApiServerVerifier, Arc<FakeProvisioner>) {
-        let spanner = Arc::new(FakeProvisioner::default());
-        let (ctx, api, _) = Context::test(spanner.clone());
-        (ctx, api, spanner)
-    }
-
-    /// Reconciles the group as stored in the fake, as the controller would after a watch event.
-    async fn reconcile_stored(
-        ctx: &Arc<Context>,
-        api: &ApiServerVerifier,
-        name: &str,
-    ) -> Result<Action, super::Error> {
-        reconcile(Arc::new(api.group(name)), ctx.clone()).await
-    }
-
-    fn status_patches(api: &ApiServerVerifier) -> Vec<Value> {
-        api.exchanges()
-            .into_iter()
-            .filter(|e| e.method == Method::PATCH && e.uri.contains("/status"))
-            .filter_map(|e| e.body)
-            .collect()
-    }
-
-    fn event_reasons(api: &ApiServerVerifier) -> Vec<String> {
-        api.exchanges()
-            .into_iter()
-            .filter(|e| e.method == Method::POST && e.uri.contains("/events"))
-            .filter_map(|e| e.body?["reason"].as_str().map(str::to_owned))
-            .collect()
-    }
-
-    fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-        status["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-            .unwrap_or(&Value::Null)
-    }
-
-    #[tokio::test]
-    async fn a_group_without_finalizer_gets_one_and_nothing_else() {
-        let (ctx, api, spanner) = fresh();
-        api.seed(&HedgeGroup::test("orders"));
-
-        let action = reconcile_stored(&ctx, &api, "orders").await.unwrap();
-
-        assert_eq!(action, Action::await_change());
-        let exchanges = api.exchanges();
-        assert_eq!(exchanges.len(), 1, "{exchanges:#?}");
-        assert_eq!(exchanges[0].method, Method::PATCH);
-        assert_eq!(exchanges[0].uri, format!("{HG}/orders?"));
-        assert_eq!(
-            exchanges[0].body,
-            Some(json!([
-                {"op": "test", "path": "/metadata/finalizers", "value": null},
-                {"op": "add", "path": "/metadata/finalizers", "value": ["hedge.dev/cleanup"]},
-            ]))
-        );
-        assert!(
-            spanner.state().calls.is_empty(),
-            "no Spanner work before the finalizer is there"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_finalized_group_is_provisioned_and_its_status_patched_ready() {
-        let (ctx, api, spanner) = fresh();
-        api.seed(&HedgeGroup::test("orders").finalized());
-
-        let action = reconcile_stored(&ctx, &api, "orders").await.unwrap();
-
-        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
-        assert_eq!(spanner.state().calls, ["ensure_schema", "group_state"]);
-        let writes = api.writes();
-        assert_eq!(
-            writes[..3],
-            [
-                "POST /api/v1/namespaces/testns/secrets?&fieldManager=hedge-operator".to_owned(),
-                format!("PATCH /api/v1/namespaces/testns/configmaps/orders-hedge-config{SSA}"),
-                format!("PATCH {HG}/orders/status{SSA}"),
-            ],
-            "{writes:#?}"
-        );
-        let cm = api
-            .object("/api/v1/namespaces/testns/configmaps/orders-hedge-config")
-            .unwrap();
-        assert_eq!(cm["data"]["HEDGE_GROUP"], "testns/orders");
-        assert_eq!(cm["data"]["HEDGE_SPANNER_DATABASE"], fixtures::DB);
-        assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], "uid-orders");
-        let secret = api
-            .object("/api/v1/namespaces/testns/secrets/orders-hedge-secret")
-            .unwrap();
-        assert!(secret["data"]["HEDGE_GROUP_SECRET"].is_string());
-
-        let patch = &status_patches(&api)[0];
-        assert_eq!(patch["apiVersion"], "hedge.dev/v1alpha1");
-        let status = &patch["status"];
-        for (type_, value) in [
-            (READY, "True"),
-            (SCHEMA_READY, "True"),
-            (CONFIG_READY, "True"),
-            (DEGRADED, "False"),
-        ] {
-            assert_eq!(
-                condition(status, type_)["status"],
-                value,
-                "{type_}: {status:#}"
-            );
-            assert_eq!(condition(status, type_)["observedGeneration"], 1);
-        }
-        assert_eq!(status["observedGeneration"], 1);
-        assert_eq!(
-            status["schemaVersion"],
-            hedge::store::schema::SCHEMA_VERSION
-        );
-        assert_eq!(status["members"], 0);
-        assert_eq!(event_reasons(&api), ["SchemaProvisioned", "Ready"]);
-    }
-
-    #[tokio::test]
-    async fn a_new_leader_shows_in_the_status_with_one_event_and_an_unchanged_group_is_not_written()
-    {
-        let (ctx, api, spanner) = fresh();
-        api.seed(&HedgeGroup::test("orders").finalized());
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-
-        spanner.update(|s| {
-            s.leader = Some(leader("orders-7d9f-x2", 4));
-            s.members = 3;
-        });
-        api.clear_log();
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        let status = &status_patches(&api)[0]["status"];
-        assert_eq!(status["leader"], "orders-7d9f-x2");
-        assert_eq!(status["token"], 4);
-        assert_eq!(status["members"], 3);
-        assert_eq!(status["leaderSince"], "2027-01-15T08:00:00Z");
-        assert_eq!(event_reasons(&api), ["LeaderElected"]);
-
-        api.clear_log();
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert_eq!(
-            api.writes(),
-            Vec::<String>::new(),
-            "an unchanged group makes no writes"
-        );
-        let ready = api.group("orders").status.unwrap();
-        assert!(conditions::is_true(&ready.conditions, READY));
-    }
-
-    #[tokio::test]
-    async fn a_referenced_deployment_is_configured_once() {
-        let (ctx, api, _) = fresh();
-        api.seed(
-            &HedgeGroup::test("orders")
-                .finalized()
-                .with_deployment("web"),
-        );
-        api.seed(&fixtures::deployment("web"));
-
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        let applied = api
-            .exchanges()
-            .into_iter()
-            .find(|e| {
-                e.method == Method::PATCH
-                    && e.uri
-                        .starts_with("/apis/apps/v1/namespaces/testns/deployments/web")
-            })
-            .unwrap();
-        assert_eq!(
-            applied.uri,
-            format!("/apis/apps/v1/namespaces/testns/deployments/web{SSA}")
-        );
-        let container = &applied.body.unwrap()["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(container["name"], "app");
-        assert_eq!(
-            container.get("image"),
-            None,
-            "only the operator's fields are applied"
-        );
-        assert_eq!(
-            container["envFrom"],
-            json!([{"configMapRef": {"name": "orders-hedge-config"}}, {"secretRef": {"name": "orders-hedge-secret"}}])
-        );
-        assert_eq!(
-            container["env"][2],
-            json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
-        );
-        assert_eq!(container["ports"][0]["containerPort"], 7946);
-
-        api.clear_log();
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert_eq!(api.writes(), Vec::<String>::new());
-    }
-
-    #[tokio::test]
-    async fn an_invalid_spec_sets_degraded_and_waits_for_a_change() {
-        let (ctx, api, spanner) = fresh();
-        let mut hg = HedgeGroup::test("orders").finalized();
-        hg.spec.election.lease_ms = Some(1000);
-        hg.spec.election.renew_interval_ms = Some(1000);
-        api.seed(&hg);
-
-        let action = reconcile_stored(&ctx, &api, "orders").await.unwrap();
-
-        assert_eq!(action, Action::await_change());
-        assert!(spanner.state().calls.is_empty());
-        let status = &status_patches(&api)[0]["status"];
-        assert_eq!(condition(status, DEGRADED)["status"], "True");
-        assert_eq!(condition(status, DEGRADED)["reason"], "InvalidSpec");
-        assert_eq!(condition(status, READY)["status"], "False");
-        let message = condition(status, DEGRADED)["message"].as_str().unwrap();
-        assert!(
-            message.contains("renew interval (1s) must be below lease (1s)"),
-            "{message}"
-        );
-        assert_eq!(event_reasons(&api), ["InvalidSpec"]);
-
-        api.clear_log();
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert_eq!(
-            api.writes(),
-            Vec::<String>::new(),
-            "the same invalid spec is not reported twice"
-        );
-    }
-
-    #[tokio::test]
-    async fn deletion_applies_the_policy_then_removes_the_finalizer() {
-        let (ctx, api, spanner) = fresh();
-        spanner.update(|s| {
-            s.groups.insert("testns/orders".into());
-        });
-        let mut hg = HedgeGroup::test("orders").finalized().deleting();
-        hg.spec.deletion_policy = DeletionPolicy::DropTables;
-        api.seed(&hg);
-
-        let action = reconcile_stored(&ctx, &api, "orders").await.unwrap();
-
-        assert_eq!(action, Action::await_change());
-        assert_eq!(
-            spanner.state().calls,
-            ["groups_in_tables", "delete_group_rows", "drop_schema"]
-        );
-        assert_eq!(event_reasons(&api), ["CleanedUp"]);
-        let last = api.exchanges().pop().unwrap();
-        assert_eq!(last.method, Method::PATCH);
-        assert_eq!(last.uri, format!("{HG}/orders?"));
-        assert_eq!(
-            last.body,
-            Some(json!([
-                {"op": "test", "path": "/metadata/finalizers/0", "value": "hedge.dev/cleanup"},
-                {"op": "remove", "path": "/metadata/finalizers/0"},
-            ]))
-        );
-        assert_eq!(api.group("orders").metadata.finalizers, Some(vec![]));
-    }
-
-    #[tokio::test]
-    async fn drop_tables_keeps_tables_that_another_group_uses() {
-        for other in ["hedgegroup", "rows"] {
-            let (ctx, api, spanner) = fresh();
-            let mut hg = HedgeGroup::test("orders").finalized().deleting();
-            hg.spec.deletion_policy = DeletionPolicy::DropTables;
-            api.seed(&hg);
-            match other {
-                "hedgegroup" => api.seed(&HedgeGroup::test("billing")),
-                _ => spanner.update(|s| {
-                    s.groups.insert("elsewhere/jobs".into());
-                }),
-            }
-
-            reconcile_stored(&ctx, &api, "orders").await.unwrap();
-
-            let state = spanner.state();
-            assert_eq!(
-                state.calls,
-                ["groups_in_tables", "delete_group_rows"],
-                "{other}"
-            );
-            assert!(!state.dropped);
-            let note = api
-                .exchanges()
-                .into_iter()
-                .find(|e| e.uri.contains("/events"))
-                .and_then(|e| e.body?["note"].as_str().map(str::to_owned))
-                .unwrap();
-            assert!(note.contains("kept the tables, still used by"), "{note}");
-        }
-    }
-
-    #[tokio::test]
-    async fn retain_touches_no_spanner_data() {
-        let (ctx, api, spanner) = fresh();
-        api.seed(&HedgeGroup::test("orders").finalized().deleting());
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert!(spanner.state().calls.is_empty());
-        assert_eq!(event_reasons(&api), ["CleanedUp"]);
-    }
-
-    #[tokio::test]
-    async fn a_failing_api_call_goes_through_the_error_policy_and_bumps_the_failure_metric() {
-        let (ctx, api, _) = fresh();
-        let hg = HedgeGroup::test("orders").finalized();
-        api.seed(&hg);
-        api.fail_next(Method::PATCH, "/configmaps/", 500);
-
-        let error = reconcile_stored(&ctx, &api, "orders").await.unwrap_err();
-
-        assert_eq!(error.reason(), "KubeWriteFailed");
-        assert!(
-            error
-                .to_string()
-                .contains("failed to apply ConfigMap `orders-hedge-config`"),
-            "{error}"
-        );
-        let status = &status_patches(&api)[0]["status"];
-        assert_eq!(condition(status, DEGRADED)["reason"], "KubeWriteFailed");
-        assert_eq!(event_reasons(&api), ["KubeWriteFailed"]);
-
-        let hg = Arc::new(hg);
-        assert_eq!(
-            error_policy(hg.clone(), &error, ctx.clone()),
-            Action::requeue(Duration::from_secs(1))
-        );
-        assert_eq!(
-            error_policy(hg.clone(), &error, ctx.clone()),
-            Action::requeue(Duration::from_secs(2))
-        );
-        assert_eq!(ctx.metrics.failures_with("KubeWriteFailed"), 2);
-
-        // A success resets the backoff.
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        assert_eq!(
-            error_policy(hg, &error, ctx.clone()),
-            Action::requeue(Duration::from_secs(1))
-        );
-    }
-
-    #[tokio::test]
-    async fn failures_show_on_the_metrics_endpoint() {
-        let spanner = Arc::new(FakeProvisioner::with(FakeSpanner {
-            fail_next: true,
-            ..FakeSpanner::default()
-        }));
-        let (ctx, api, registry) = Context::test(spanner);
-        let hg = HedgeGroup::test("orders").finalized();
-        api.seed(&hg);
-        let error = reconcile_stored(&ctx, &api, "orders").await.unwrap_err();
-        error_policy(Arc::new(hg), &error, ctx.clone());
-
-        let state = crate::server::State::new(registry);
-        let text = state.metrics_text();
-        assert!(
-            text.contains(
-                "hedge_operator_reconcile_failures_total{reason=\"SpannerUnavailable\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("hedge_operator_reconciles_total 1"), "{text}");
-        assert!(
-            text.contains("hedge_operator_reconcile_duration_seconds_count 1"),
-            "{text}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_missing_crd_is_reported_as_such() {
-        let (ctx, api, _) = fresh();
-        let groups: kube::Api<HedgeGroup> = kube::Api::all(ctx.client.clone());
-        super::check_crd(&groups).await.unwrap();
-        api.fail_next(Method::GET, "/hedgegroups", 404);
-        let err = super::check_crd(&groups).await.unwrap_err();
-        assert!(matches!(err, super::RunError::CrdMissing), "{err}");
-        assert!(
-            err.to_string()
-                .contains("hedge-operator crd | kubectl apply -f -"),
-            "{err}"
-        );
-    }
-
-    /// The measurement of issue #3: a new HedgeGroup reconciled to Ready on the mocked API with a
-    /// counting fake Spanner, then one more reconcile of the unchanged group. Prints JSON.
-    #[tokio::test]
-    async fn measure_a_new_group_to_ready_and_an_unchanged_reconcile() {
-        let (ctx, api, spanner) = fresh();
-        api.seed(&HedgeGroup::test("orders").with_deployment("web"));
-        api.seed(&fixtures::deployment("web"));
-
-        let start = Instant::now();
-        let mut reconciles = 0;
-        while !api
-            .group("orders")
-            .status
-            .is_some_and(|s| conditions::is_true(&s.conditions, READY))
-        {
-            reconcile_stored(&ctx, &api, "orders").await.unwrap();
-            reconciles += 1;
-            assert!(reconciles < 5, "not ready after {reconciles} reconciles");
-        }
-        let to_ready = start.elapsed();
-        let first = api.exchanges();
-        let spanner_first = spanner.state();
-
-        api.clear_log();
-        spanner.update(|s| s.calls.clear());
-        let start = Instant::now();
-        reconcile_stored(&ctx, &api, "orders").await.unwrap();
-        let again = start.elapsed();
-        let second = api.exchanges();
-        let spanner_second = spanner.state();
-
-        let count = |xs: &[fixtures::Exchange], write: bool| {
-            xs.iter().filter(|e| e.is_write() == write).count()
-        };
-        let report = json!({
-            "measurement": "operator_reconcile_mocked",
-            "new_group_to_ready": {
-                "reconciles": reconciles,
-                "api_calls": first.len(),
-                "api_reads": count(&first, false),
-                "api_writes": count(&first, true),
-                "api_write_requests": first.iter().filter(|e| e.is_write()).map(|e| format!("{} {}", e.method, e.uri.split('?').next().unwrap_or_default())).collect::<Vec<_>>(),
-                "spanner_calls": spanner_first.calls.len(),
-                "spanner_ddl_statements": spanner_first.ddl_applied,
-                "elapsed_ms": to_ready.as_secs_f64() * 1e3,
-            },
-            "unchanged_reconcile": {
-                "api_calls": second.len(),
-                "api_reads": count(&second, false),
-                "api_writes": count(&second, true),
-                "spanner_calls": spanner_second.calls.len(),
-                "spanner_ddl_statements": spanner_second.ddl_applied - spanner_first.ddl_applied,
-                "elapsed_ms": again.as_secs_f64() * 1e3,
-            },
-        });
-        println!("{report}");
-        assert_eq!(count(&second, true), 0, "{second:#?}");
-        assert_eq!(spanner_second.ddl_applied, spanner_first.ddl_applied);
-        assert_eq!(api.group("orders").metadata.namespace.as_deref(), Some(NS));
     }
 }

@@ -13,8 +13,19 @@ use serde::{Deserialize, Serialize};
 pub const API_GROUP: &str = "hedge.dev";
 /// The finalizer that applies the deletion policy before a `HedgeGroup` goes away.
 pub const FINALIZER: &str = "hedge.dev/cleanup";
-/// The field manager of every server-side apply the operator makes.
+/// The field manager of the objects the operator owns (ConfigMap, NetworkPolicy) and of the
+/// status. A referenced Deployment is written with a field manager of its own per group
+/// ([`crate::spec::ValidGroup::field_manager`]).
 pub const FIELD_MANAGER: &str = "hedge-operator";
+/// Annotation on a HedgeGroup: `"true"` deletes it without touching Spanner (as `Retain`), for a
+/// database that is gone or unreachable for good. The Deployment is still released.
+pub const SKIP_CLEANUP_ANNOTATION: &str = "hedge.dev/skip-cleanup";
+/// Annotation on a HedgeGroup: `"true"` confirms `deletionPolicy: DropTables`. Without it the
+/// tables are kept and only the group's rows are deleted.
+pub const CONFIRM_DROP_TABLES_ANNOTATION: &str = "hedge.dev/confirm-drop-tables";
+/// Annotation on a Deployment: the group (`<namespace>/<name>`) whose configuration its pod
+/// template carries. One Deployment serves one group; another group that names it is refused.
+pub const CLAIM_ANNOTATION: &str = "hedge.dev/group";
 /// The command that regenerates the committed CRD YAML.
 pub const REGENERATE_COMMAND: &str = "cargo run -p hedge-operator -- crd > crds/hedgegroup.yaml";
 
@@ -86,9 +97,11 @@ pub struct HedgeGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
 
-    /// A Deployment in the same namespace whose pod template the operator configures: envFrom for
-    /// the group's ConfigMap and Secret, the downward-API variables POD_NAME, POD_UID and POD_IP,
-    /// and the peer port.
+    /// A Deployment in the same namespace whose pod template the operator configures: one `env`
+    /// item per `HEDGE_*` variable (`valueFrom` the group's ConfigMap and Secret), the
+    /// downward-API variables POD_NAME, POD_UID and POD_IP, and the peer port. Each is a field of
+    /// its own, so the Deployment's owner (kubectl, Helm, Argo CD, Flux) can keep applying its
+    /// manifest. One Deployment serves one group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<DeploymentTarget>,
 
@@ -103,6 +116,10 @@ pub struct HedgeGroupSpec {
     /// What happens to the group's Spanner data when the HedgeGroup is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// How the operator and the members reach Spanner.
+    #[serde(default)]
+    pub spanner: SpannerSpec,
 }
 
 /// The spec's defaults are the ones the API server fills in (serde's), not Rust's zeros.
@@ -119,6 +136,7 @@ impl Default for HedgeGroupSpec {
             group_secret: GroupSecretSpec::default(),
             network_policy: NetworkPolicySpec::default(),
             deletion_policy: DeletionPolicy::default(),
+            spanner: SpannerSpec::default(),
         }
     }
 }
@@ -230,7 +248,8 @@ pub struct DeploymentTarget {
     /// The Deployment's name, in the HedgeGroup's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// The containers that link hedge; all containers of the pod template when empty.
+    /// The containers that link hedge; only the pod template's first container when empty
+    /// (never the sidecars).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<String>,
 }
@@ -249,11 +268,29 @@ pub struct GroupSecretSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
-    /// Create a NetworkPolicy `<name>-hedge-peers` that admits the peer port only from the member
-    /// pods. Every other port stays open to every source, as it is without the policy, so enabling
-    /// it never cuts the workload's other traffic.
+    /// Create a NetworkPolicy `<name>-hedge-peers` that admits the peer port from the member
+    /// pods. It admits nothing else: a policy that selects pods isolates them for ingress on
+    /// every port, so the workload's other ports then need a NetworkPolicy of their own.
     #[serde(default)]
     pub enabled: bool,
+}
+
+/// How the operator and the members reach Spanner.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpannerSpec {
+    /// The Cloud Spanner emulator (`host:port` of its gRPC endpoint), for development and tests.
+    /// The operator reaches this group's database there, and writes it into the ConfigMap
+    /// (`HEDGE_SPANNER_EMULATOR_HOST`), so the operator and the members always use the same
+    /// endpoint. No Google credentials are sent to an emulator. Unset: Cloud Spanner itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 261),
+        regex(
+            pattern = r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"
+        )
+    )]
+    pub emulator_host: Option<String>,
 }
 
 /// What happens to the group's Spanner data when the HedgeGroup is deleted.
@@ -266,7 +303,8 @@ pub enum DeletionPolicy {
     DeleteRows,
     /// Delete the group's rows, then drop the tables unless another group may still use them:
     /// another HedgeGroup on the same database and tables, rows of another group in them, or
-    /// rows the operator cannot list. Kept tables are named in the `CleanedUp` event.
+    /// rows the operator cannot list. Needs the annotation `hedge.dev/confirm-drop-tables: "true"`
+    /// (without it the tables are kept). Kept tables are named in the `CleanedUp` event.
     DropTables,
 }
 
@@ -274,7 +312,8 @@ pub enum DeletionPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HedgeGroupStatus {
-    /// `Ready`, `SchemaReady`, `ConfigReady` and `Degraded`, per the Kubernetes API conventions.
+    /// `Ready`, `SchemaReady`, `ConfigReady`, `MembersSeen` and `Degraded`, per the Kubernetes
+    /// API conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -299,6 +338,10 @@ pub struct HedgeGroupStatus {
     /// The schema version of the group's tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<i64>,
+    /// The Deployment whose pod template carries this group's configuration, so that a changed
+    /// `spec.deployment` releases the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 /// The CRD as YAML, exactly what `hedge-operator crd` prints and `crds/hedgegroup.yaml` holds.

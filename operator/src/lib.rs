@@ -6,12 +6,14 @@
 //!
 //! A reconcile is observe ([`observe`]) → plan ([`plan`], pure) → apply ([`apply`]) → status
 //! ([`status`], pure, written only when it changed). The [`controller`] wires them behind a
-//! finalizer that applies the deletion policy.
+//! finalizer that applies the deletion policy; [`watches`] drives it.
 
+pub mod allowlist;
 pub mod apply;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod managed;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
@@ -22,10 +24,16 @@ pub mod settings;
 pub mod spanner;
 pub mod spec;
 pub mod status;
+pub mod stores;
 pub mod telemetry;
+pub mod watches;
 
 #[cfg(test)]
 pub mod fixtures;
+#[cfg(test)]
+mod reconcile_tests;
+#[cfg(test)]
+mod watch_tests;
 
 pub use controller::{Context, Error, error_policy, reconcile};
 pub use crd::{HedgeGroup, HedgeGroupSpec, HedgeGroupStatus};

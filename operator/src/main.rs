@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hedge::store::spanner::SpannerOptions;
-use hedge_operator::controller::{self, Context, RunError, Settings};
+use hedge_operator::allowlist::Allowlist;
+use hedge_operator::controller::{Context, Settings};
 use hedge_operator::metrics::Metrics;
-use hedge_operator::server::{self, State};
+use hedge_operator::server::{self, State, WatchHealth};
 use hedge_operator::settings::{Cli, Command, RunArgs};
 use hedge_operator::spanner::SpannerProvisioner;
+use hedge_operator::watches::{self, RunError};
 use hedge_operator::{crd, telemetry};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// The exit code when the CRD is not installed (distinct, so scripts can tell it apart).
 const EXIT_CRD_MISSING: u8 = 3;
@@ -59,7 +61,8 @@ async fn run(args: RunArgs) -> ExitCode {
 
     let mut registry = Registry::default();
     let metrics = Metrics::default().register(&mut registry);
-    let state = State::new(registry);
+    let health = Arc::new(WatchHealth::new(args.watch_failure_threshold));
+    let state = State::new(registry).with_watch_health(health.clone());
     let listener = match server::bind(args.metrics_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -97,18 +100,28 @@ async fn run(args: RunArgs) -> ExitCode {
             resync: args.resync_interval,
             backoff_base: args.backoff_base,
             backoff_max: args.backoff_max,
+            concurrency: args.max_concurrent_reconciles,
+            members_grace: args.members_grace,
+            allowlist: Allowlist(args.allowed_databases.clone()),
+            ..Settings::default()
         },
     ));
+    if args.allowed_databases.is_empty() {
+        warn!(
+            "no database allowlist (--allow-database): a HedgeGroup in any namespace may make the              operator create and drop hedge's tables in any database its Google service account reaches"
+        );
+    }
 
     info!(
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         "starting the controller"
     );
     let ready = state.clone();
-    let controller = controller::run(
+    let controller = watches::run(
         ctx,
         args.namespace.as_deref(),
         shutdown.clone(),
+        health,
         move || {
             ready.set_ready(true);
         },

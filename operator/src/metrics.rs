@@ -16,6 +16,13 @@ pub struct FailureLabels {
     pub reason: String,
 }
 
+/// The labels of a watch error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The watched resource (`hedgegroups`, `deployments`, ...).
+    pub watch: String,
+}
+
 /// The operator's metrics.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -25,6 +32,8 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     /// Reconcile durations in seconds (`hedge_operator_reconcile_duration_seconds`).
     pub duration: Histogram,
+    /// Watch and queue errors, by watched resource (`hedge_operator_watch_errors_total`).
+    pub watch_errors: Family<WatchLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -35,6 +44,7 @@ impl Default for Metrics {
             // 5 ms .. ~20 s: a reconcile is a few API calls and Spanner reads, a schema upgrade
             // takes seconds.
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 13)),
+            watch_errors: Family::default(),
         }
     }
 }
@@ -55,7 +65,26 @@ impl Metrics {
             "How long reconciles took",
             self.duration.clone(),
         );
+        r.register(
+            "watch_errors",
+            "Watch and queue errors, by watched resource",
+            self.watch_errors.clone(),
+        );
         self
+    }
+
+    /// Counts a watch error on `watch`.
+    pub fn watch_error(&self, watch: &str) {
+        self.watch_errors
+            .get_or_create(&WatchLabels {
+                watch: watch.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The reconciles started so far.
+    pub fn reconciles_started(&self) -> u64 {
+        self.reconciles.get()
     }
 
     /// Counts a reconcile and returns a timer that records its duration when dropped.

@@ -16,13 +16,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::crd::FIELD_MANAGER;
+use crate::crd::{CLAIM_ANNOTATION, FIELD_MANAGER};
+use crate::managed::{self, Shape};
 use crate::spec::{CONFIG_MAP_SUFFIX, SECRET_SUFFIX, ValidGroup};
 
 /// The label every object the operator creates carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The pod-template annotation whose change rolls the members when their configuration changes
-/// (envFrom is read only when a container starts).
+/// (a variable is read only when a container starts).
 pub const CONFIG_HASH_ANNOTATION: &str = "hedge.dev/config-hash";
 /// The name of the peer port on the member containers.
 pub const PEER_PORT_NAME: &str = "hedge-peer";
@@ -99,60 +100,88 @@ pub fn secret_is_usable(secret: &Secret) -> bool {
     in_data || in_string_data
 }
 
-/// The NetworkPolicy: the peer port admits only the members; every other TCP and UDP port admits
-/// every source, as it would without a policy. A policy that selects pods denies all ingress it
-/// does not admit, so a policy with only the peer rule would cut the workload's other traffic.
+/// The NetworkPolicy: members may reach each other's peer port, and that is all it admits.
+///
+/// Policies add up, so this one only ever narrows: it never opens a port to any source. A policy
+/// that selects pods isolates them for ingress on every port, so enabling it means the
+/// workload's other ports need a policy of their own (documented on the CRD field and in the
+/// README).
 pub fn network_policy(v: &ValidGroup, members: &LabelSelector) -> NetworkPolicy {
-    let port = i32::from(v.peer_port());
-    let range = |protocol: &str, from: i32, to: i32| NetworkPolicyPort {
-        protocol: Some(protocol.into()),
-        port: Some(IntOrString::Int(from)),
-        end_port: Some(to),
-    };
-    let mut other_ports = Vec::new();
-    if port > 1 {
-        other_ports.push(range("TCP", 1, port - 1));
-    }
-    if port < 65535 {
-        other_ports.push(range("TCP", port + 1, 65535));
-    }
-    other_ports.push(range("UDP", 1, 65535));
     NetworkPolicy {
         metadata: owned_meta(v, &v.network_policy),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(members.clone()),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(members.clone()),
-                        ..NetworkPolicyPeer::default()
-                    }]),
-                    ports: Some(vec![NetworkPolicyPort {
-                        protocol: Some("TCP".into()),
-                        port: Some(IntOrString::Int(port)),
-                        end_port: None,
-                    }]),
-                },
-                NetworkPolicyIngressRule {
-                    from: None,
-                    ports: Some(other_ports),
-                },
-            ]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(members.clone()),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![NetworkPolicyPort {
+                    protocol: Some("TCP".into()),
+                    port: Some(IntOrString::Int(i32::from(v.peer_port()))),
+                    end_port: None,
+                }]),
+            }]),
             egress: None,
         }),
     }
 }
 
+/// How server-side apply merges a Deployment's fields (its OpenAPI list types), for the fields
+/// the operator sets.
+pub fn deployment_schema(names: &[&str]) -> Shape {
+    match names {
+        ["metadata", "ownerReferences"] => Shape::Keyed(&["uid"]),
+        ["spec", "selector"] => Shape::Atomic,
+        ["spec", "template", "spec", "containers" | "initContainers"] => Shape::Keyed(&["name"]),
+        ["spec", "template", "spec", _, "env"] => Shape::Keyed(&["name"]),
+        ["spec", "template", "spec", _, "ports"] => Shape::Keyed(&["containerPort", "protocol"]),
+        _ => Shape::Granular,
+    }
+}
+
+/// How server-side apply merges the fields of the operator's own objects (ConfigMap,
+/// NetworkPolicy).
+pub fn owned_object_schema(names: &[&str]) -> Shape {
+    match names {
+        ["metadata", "ownerReferences"] => Shape::Keyed(&["uid"]),
+        ["spec", "podSelector"] => Shape::Atomic,
+        _ => Shape::Granular,
+    }
+}
+
+/// A digest of the Secret's group secret: it goes into the config hash, so that a rotated or
+/// re-created Secret rolls the pods (and the members never disagree on it), while the secret
+/// itself appears nowhere.
+pub fn secret_digest(secret: &Secret) -> String {
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(ENV_GROUP_SECRET))
+        .map(|v| v.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(ENV_GROUP_SECRET))
+                .map(|v| v.as_bytes().to_vec())
+        })
+        .unwrap_or_default();
+    hex(&Sha256::digest(&value)[..8])
+}
+
 /// The hash in the pod template's [`CONFIG_HASH_ANNOTATION`]: it covers everything the members
-/// read at start (the ConfigMap's data, the Secret's name) and the containers the operator
-/// configures, so a change to any of them rolls the pods and nothing else does.
-pub fn config_hash(v: &ValidGroup, containers: &[String]) -> String {
+/// read at start (the ConfigMap's data, the Secret's name and its value's digest) and the
+/// containers the operator configures, so a change to any of them rolls the pods and nothing
+/// else does.
+pub fn config_hash(v: &ValidGroup, secret_digest: &str, containers: &[String]) -> String {
     let mut sorted = containers.to_vec();
     sorted.sort();
     let input = json!({
         "data": v.config.to_env(),
         "secret": v.secret.name(),
+        "secretDigest": secret_digest,
         "containers": sorted,
     });
     let digest = Sha256::digest(input.to_string().as_bytes());
@@ -184,7 +213,8 @@ fn containers(deployment: &Deployment) -> &[Container] {
         .map_or(&[], |s| s.containers.as_slice())
 }
 
-/// The containers the operator configures: those named in the spec, or all of them.
+/// The containers the operator configures: those named in the spec, or else the first one only
+/// (a sidecar is never configured unless named).
 pub fn target_containers(
     v: &ValidGroup,
     deployment: &Deployment,
@@ -200,10 +230,10 @@ pub fn target_containers(
         .map(|d| d.containers.clone())
         .unwrap_or_default();
     if wanted.is_empty() {
-        if present.is_empty() {
-            return Err(DeploymentProblem::NoContainers(name));
-        }
-        return Ok(present);
+        return present
+            .first()
+            .map(|first| vec![first.clone()])
+            .ok_or(DeploymentProblem::NoContainers(name));
     }
     for c in &wanted {
         if !present.contains(c) {
@@ -216,59 +246,101 @@ pub fn target_containers(
     Ok(wanted)
 }
 
-/// Whether an envFrom entry is one of the operator's: the group's ConfigMap or Secret, including
-/// the generated names when the spec has since switched to an existing Secret.
-fn is_ours(v: &ValidGroup, entry: &EnvFromSource) -> bool {
-    let generated = |suffix: &str| format!("{}{suffix}", v.name);
-    let cm = entry.config_map_ref.as_ref().map(|r| r.name.as_str());
-    let secret = entry.secret_ref.as_ref().map(|r| r.name.as_str());
-    cm == Some(v.config_map.as_str())
-        || cm == Some(generated(CONFIG_MAP_SUFFIX).as_str())
-        || secret == Some(v.secret.name())
-        || secret == Some(generated(SECRET_SUFFIX).as_str())
-}
-
-fn env_from_json(entry: &EnvFromSource) -> Option<Value> {
-    serde_json::to_value(entry).ok()
-}
-
-/// The server-side apply body for the Deployment: only the fields the operator owns.
+/// The `env` items the operator sets in each member container: one per `HEDGE_*` variable, read
+/// from the group's ConfigMap (or, for the group secret, its Secret) by `valueFrom`, and the
+/// downward-API `POD_NAME`, `POD_UID` and `POD_IP`.
 ///
-/// `envFrom` is an atomic list, so whoever applies it owns all of it: the body keeps the entries
-/// that are already there (in their order) and appends the group's ConfigMap and Secret, so that
-/// the user's own entries survive the operator's apply.
-pub fn deployment_apply(v: &ValidGroup, deployment: &Deployment, targets: &[String]) -> Value {
+/// `env` is a list keyed by name, so each item is a field of its own: the Deployment's owner can
+/// keep applying its own manifest (its `env` and `envFrom`) without removing these, and the
+/// operator never touches `envFrom`.
+pub fn env_items(v: &ValidGroup) -> Vec<Value> {
+    let mut items: Vec<Value> = v
+        .config
+        .to_env()
+        .into_keys()
+        .map(|key| {
+            json!({"name": key, "valueFrom": {"configMapKeyRef": {"name": v.config_map, "key": key}}})
+        })
+        .collect();
+    items.push(
+        json!({"name": ENV_GROUP_SECRET, "valueFrom": {"secretKeyRef": {
+        "name": v.secret.name(), "key": ENV_GROUP_SECRET}}}),
+    );
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    items.push(field(ENV_POD_NAME, "metadata.name"));
+    items.push(field(ENV_POD_UID, "metadata.uid"));
+    items.push(field(ENV_POD_IP, "status.podIP"));
+    items
+}
+
+/// A variable of the operator's that a container already defines differently, under another
+/// field manager (the user's own `HEDGE_GROUP`, say). It is reported, never overwritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvConflict {
+    /// The container.
+    pub container: String,
+    /// The variable.
+    pub variable: String,
+    /// The field managers that own it.
+    pub owners: Vec<String>,
+}
+
+/// The operator's variables that the target containers define with another value.
+pub fn env_conflicts(
+    v: &ValidGroup,
+    deployment: &Deployment,
+    targets: &[String],
+) -> Vec<EnvConflict> {
+    let ours = env_items(v);
+    let mut conflicts = Vec::new();
+    for c in containers(deployment)
+        .iter()
+        .filter(|c| targets.contains(&c.name))
+    {
+        for existing in c.env.iter().flatten() {
+            let Some(wanted) = ours.iter().find(|o| o["name"] == existing.name.as_str()) else {
+                continue;
+            };
+            let existing_json = serde_json::to_value(existing).unwrap_or(Value::Null);
+            if existing_json == *wanted {
+                continue;
+            }
+            let path = vec![
+                "f:spec".to_owned(),
+                "f:template".into(),
+                "f:spec".into(),
+                "f:containers".into(),
+                managed::item_key(&json!({"name": c.name}), &["name"]),
+                "f:env".into(),
+                managed::item_key(&json!({"name": existing.name}), &["name"]),
+            ];
+            conflicts.push(EnvConflict {
+                container: c.name.clone(),
+                variable: existing.name.clone(),
+                owners: managed::other_owners(&deployment.metadata, &path, &v.field_manager),
+            });
+        }
+    }
+    conflicts
+}
+
+/// The server-side apply body for the Deployment, under the group's own field manager: the
+/// claim annotation, the config hash in the pod template, and per target container the `env`
+/// items and the peer port. `metadata.resourceVersion` makes it conditional: a Deployment
+/// changed since it was read fails with 409 and the reconcile runs again, instead of writing
+/// over an edit it did not see.
+pub fn deployment_apply(
+    v: &ValidGroup,
+    deployment: &Deployment,
+    targets: &[String],
+    secret_digest: &str,
+) -> Value {
     let port = i32::from(v.peer_port());
     let fragments: Vec<Value> = containers(deployment)
         .iter()
         .filter(|c| targets.contains(&c.name))
         .map(|c| {
-            let observed = c.env_from.clone().unwrap_or_default();
-            let mut env_from: Vec<Value> = observed
-                .iter()
-                .filter(|e| !is_ours(v, e) || refers_to_current(v, e))
-                .filter_map(env_from_json)
-                .collect();
-            for ours in [
-                json!({"configMapRef": {"name": v.config_map}}),
-                json!({"secretRef": {"name": v.secret.name()}}),
-            ] {
-                if !env_from.iter().any(|e| includes(e, &ours)) {
-                    env_from.push(ours);
-                }
-            }
-            let field = |name: &str, path: &str| {
-                json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-            };
-            let mut fragment = json!({
-                "name": c.name,
-                "envFrom": env_from,
-                "env": [
-                    field(ENV_POD_NAME, "metadata.name"),
-                    field(ENV_POD_UID, "metadata.uid"),
-                    field(ENV_POD_IP, "status.podIP"),
-                ],
-            });
+            let mut fragment = json!({"name": c.name, "env": env_items(v)});
             // A port the user already declares under another name stays theirs: taking it over
             // would rename it under them.
             let declared_elsewhere = c.ports.iter().flatten().any(|p| {
@@ -286,29 +358,52 @@ pub fn deployment_apply(v: &ValidGroup, deployment: &Deployment, targets: &[Stri
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": deployment.metadata.name, "namespace": v.namespace},
+        "metadata": {
+            "name": deployment.metadata.name,
+            "namespace": v.namespace,
+            "resourceVersion": deployment.metadata.resource_version,
+            "annotations": {CLAIM_ANNOTATION: v.group},
+        },
         "spec": {"template": {
-            "metadata": {"annotations": {CONFIG_HASH_ANNOTATION: config_hash(v, targets)}},
+            "metadata": {"annotations": {CONFIG_HASH_ANNOTATION: config_hash(v, secret_digest, targets)}},
             "spec": {"containers": fragments},
         }},
     })
 }
 
-fn refers_to_current(v: &ValidGroup, entry: &EnvFromSource) -> bool {
-    entry
-        .config_map_ref
-        .as_ref()
-        .is_some_and(|r| r.name == v.config_map)
-        || entry
-            .secret_ref
-            .as_ref()
-            .is_some_and(|r| r.name == v.secret.name())
+/// The apply body that gives back every field a manager owns in a Deployment: an apply with no
+/// fields removes each field the manager set that no other manager owns (server-side apply's
+/// own way to let go). Conditional on the resource version read.
+pub fn deployment_release(deployment: &Deployment) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment.metadata.name,
+            "namespace": deployment.metadata.namespace,
+            "resourceVersion": deployment.metadata.resource_version,
+        },
+    })
 }
 
-/// The apply body that gives back the operator's fields of a Deployment on deletion: the same
-/// containers with only the user's own `envFrom` entries (the operator owns that atomic list, and
-/// giving it up empty would drop them), and nothing else.
-pub fn deployment_release(v: &ValidGroup, deployment: &Deployment) -> Value {
+/// Whether an envFrom entry is one the operator's earlier releases added: the group's ConfigMap
+/// or Secret, by their generated names or the current ones.
+fn is_ours(v: &ValidGroup, entry: &EnvFromSource) -> bool {
+    let generated = |suffix: &str| format!("{}{suffix}", v.name);
+    let cm = entry.config_map_ref.as_ref().map(|r| r.name.as_str());
+    let secret = entry.secret_ref.as_ref().map(|r| r.name.as_str());
+    cm == Some(v.config_map.as_str())
+        || cm == Some(generated(CONFIG_MAP_SUFFIX).as_str())
+        || secret == Some(v.secret.name())
+        || secret == Some(generated(SECRET_SUFFIX).as_str())
+}
+
+/// The apply body, under the field manager of the operator's earlier releases
+/// ([`crate::crd::FIELD_MANAGER`]), that gives back what those releases set in a Deployment.
+/// They applied the whole atomic `envFrom` list, the user's entries included: this body keeps
+/// owning the user's entries (dropping them would remove them from the pods) and drops the
+/// group's.
+pub fn legacy_release(v: &ValidGroup, deployment: &Deployment) -> Value {
     let fragments: Vec<Value> = containers(deployment)
         .iter()
         .filter_map(|c| {
@@ -317,58 +412,31 @@ pub fn deployment_release(v: &ValidGroup, deployment: &Deployment) -> Value {
                 .iter()
                 .flatten()
                 .filter(|e| !is_ours(v, e))
-                .filter_map(env_from_json)
+                .filter_map(|e| serde_json::to_value(e).ok())
                 .collect();
             (!keep.is_empty()).then(|| json!({"name": c.name, "envFrom": keep}))
         })
         .collect();
-    let mut body = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": deployment.metadata.name, "namespace": v.namespace},
-    });
+    let mut body = deployment_release(deployment);
     if !fragments.is_empty() {
         body["spec"] = json!({"template": {"spec": {"containers": fragments}}});
     }
     body
 }
 
-/// Whether an object was last written by the operator's server-side apply.
-pub fn managed_by_operator(meta: &ObjectMeta) -> bool {
-    meta.managed_fields.iter().flatten().any(|m| {
-        m.manager.as_deref() == Some(FIELD_MANAGER) && m.operation.as_deref() == Some("Apply")
-    })
-}
-
-/// Whether `observed` already holds everything in `desired`: every key of a desired object is in
-/// the observed one with an included value, and every item of a desired array is included in some
-/// observed item. Fields the API server adds (defaults, metadata) never count as a difference, so
-/// an unchanged group compares equal and is not written again.
-pub fn includes(observed: &Value, desired: &Value) -> bool {
-    match (observed, desired) {
-        (Value::Object(o), Value::Object(d)) => d.iter().all(|(k, dv)| {
-            o.get(k).is_some_and(|ov| includes(ov, dv)) || (dv.is_null() && !o.contains_key(k))
-        }),
-        (Value::Array(o), Value::Array(d)) => {
-            d.iter().all(|dv| o.iter().any(|ov| includes(ov, dv)))
-        }
-        (o, d) => o == d,
-    }
+/// The group that claims a Deployment ([`CLAIM_ANNOTATION`]), if any.
+pub fn claimed_by(deployment: &Deployment) -> Option<String> {
+    deployment
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CLAIM_ANNOTATION))
+        .cloned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn includes_ignores_fields_the_server_adds_but_sees_changed_values() {
-        let observed = json!({"a": 1, "b": {"c": [1, 2], "d": "x"}, "extra": true});
-        assert!(includes(&observed, &json!({"b": {"c": [2]}})));
-        assert!(includes(&observed, &json!({"a": 1, "missing": null})));
-        assert!(!includes(&observed, &json!({"a": 2})));
-        assert!(!includes(&observed, &json!({"b": {"c": [3]}})));
-        assert!(!includes(&observed, &json!({"new": 1})));
-    }
 
     #[test]
     fn hex_is_lowercase_and_two_digits_per_byte() {

@@ -1,10 +1,13 @@
 //! The HTTP endpoints (hyper 1): `/metrics` (Prometheus text), `/healthz` (the process answers)
-//! and `/readyz` (the controller has started, after the CRD check).
+//! and `/readyz` (the controller has started, after the CRD check, and its watches are not
+//! failing for longer than a threshold).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -31,11 +34,60 @@ pub enum ServerError {
     },
 }
 
+/// Whether the watches work: failing once a watch error has persisted (no event received since)
+/// for longer than the threshold.
+#[derive(Debug)]
+pub struct WatchHealth {
+    threshold: Duration,
+    failing_since: Mutex<Option<Instant>>,
+}
+
+impl Default for WatchHealth {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60))
+    }
+}
+
+impl WatchHealth {
+    /// Healthy, and failing after errors that persist for `threshold`.
+    pub fn new(threshold: Duration) -> Self {
+        Self {
+            threshold,
+            failing_since: Mutex::new(None),
+        }
+    }
+
+    /// A watch received something: the watches work.
+    pub fn ok(&self) {
+        *self
+            .failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// A watch failed; the streak starts now unless it already runs.
+    pub fn error(&self) {
+        self.failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// Whether no error streak has lasted longer than the threshold.
+    pub fn is_healthy(&self) -> bool {
+        self.failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|since| since.elapsed() <= self.threshold)
+    }
+}
+
 /// What the endpoints report, shared with the controller.
 #[derive(Clone, Default)]
 pub struct State {
     ready: Arc<AtomicBool>,
     registry: Arc<Registry>,
+    watches: Arc<WatchHealth>,
 }
 
 impl State {
@@ -44,7 +96,15 @@ impl State {
         Self {
             ready: Arc::default(),
             registry: Arc::new(registry),
+            watches: Arc::default(),
         }
+    }
+
+    /// This state with `watches` deciding readiness too.
+    #[must_use]
+    pub fn with_watch_health(mut self, watches: Arc<WatchHealth>) -> Self {
+        self.watches = watches;
+        self
     }
 
     /// Marks the operator ready (or not).
@@ -52,9 +112,9 @@ impl State {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Whether `/readyz` answers 200.
+    /// Whether `/readyz` answers 200: started, and the watches not failing for long.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.watches.is_healthy()
     }
 
     /// The metrics in the Prometheus text format.
@@ -94,16 +154,29 @@ pub fn route<B>(state: &State, request: &Request<B>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => respond(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" if state.is_ready() => respond(StatusCode::OK, TEXT, "ready\n"),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "watches failing\n")
+        }
         "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "starting\n"),
         _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
     }
 }
 
-/// Binds `addr`; the error says which address failed.
+/// Binds `addr`; the error says which address failed. The IPv6 wildcard `[::]` (the default,
+/// for IPv6-only clusters; it also accepts IPv4 where the kernel maps it) falls back to
+/// `0.0.0.0` on a host without IPv6.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            debug!("cannot listen on {addr} ({e}); trying {v4}");
+            TcpListener::bind(v4)
+                .await
+                .map_err(|source| ServerError::Bind { addr: v4, source })
+        }
+        Err(source) => Err(ServerError::Bind { addr, source }),
+    }
 }
 
 /// Serves until `shutdown` is cancelled; connections in flight finish on their own (every
@@ -174,6 +247,32 @@ mod tests {
                 .unwrap()
                 .starts_with("application/openmetrics-text")
         );
+    }
+
+    #[test]
+    fn readiness_fails_once_watch_errors_persist_and_recovers_on_an_event() {
+        let health = Arc::new(WatchHealth::new(Duration::ZERO));
+        let state = State::default().with_watch_health(health.clone());
+        state.set_ready(true);
+        assert_eq!(route(&state, &get("/readyz")).status(), StatusCode::OK);
+        health.error();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            route(&state, &get("/readyz")).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        health.ok();
+        assert_eq!(route(&state, &get("/readyz")).status(), StatusCode::OK);
+
+        let patient = WatchHealth::new(Duration::from_secs(3600));
+        patient.error();
+        assert!(patient.is_healthy(), "a short error streak is tolerated");
+    }
+
+    #[tokio::test]
+    async fn the_ipv6_wildcard_binds_or_falls_back_to_ipv4() {
+        let listener = bind("[::]:0".parse().unwrap()).await.unwrap();
+        assert!(listener.local_addr().unwrap().ip().is_unspecified());
     }
 
     #[tokio::test]

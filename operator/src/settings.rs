@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::allowlist::AllowEntry;
 use crate::telemetry::LogFormat;
 
 /// The hedge operator: reconciles HedgeGroup resources (Spanner schema, the members'
@@ -32,12 +33,9 @@ pub enum Command {
 /// The operator's settings.
 #[derive(Debug, Args, Clone, PartialEq, Eq)]
 pub struct RunArgs {
-    /// Address of the /metrics, /healthz and /readyz endpoints.
-    #[arg(
-        long,
-        env = "HEDGE_OPERATOR_METRICS_ADDR",
-        default_value = "0.0.0.0:8080"
-    )]
+    /// Address of the /metrics, /healthz and /readyz endpoints. The IPv6 wildcard also serves
+    /// IPv4 where the kernel allows it, and falls back to 0.0.0.0 on hosts without IPv6.
+    #[arg(long, env = "HEDGE_OPERATOR_METRICS_ADDR", default_value = "[::]:8080")]
     pub metrics_addr: SocketAddr,
     /// Log format.
     #[arg(
@@ -69,6 +67,28 @@ pub struct RunArgs {
     /// This operator's instance in events (the pod name from the downward API).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+    /// A database HedgeGroups of a namespace may name, as NAMESPACE=PREFIX (NAMESPACE `*` for
+    /// all; PREFIX a database path or a prefix of whole segments, e.g.
+    /// `team-a=projects/p/instances/i`). Repeat the flag, or separate entries with commas in the
+    /// variable. None: every database is allowed (a warning at start).
+    #[arg(
+        long = "allow-database",
+        env = "HEDGE_OPERATOR_ALLOWED_DATABASES",
+        value_delimiter = ',',
+        value_name = "NAMESPACE=PREFIX"
+    )]
+    pub allowed_databases: Vec<AllowEntry>,
+    /// The most HedgeGroups reconciled at once.
+    #[arg(long, env = "HEDGE_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+    /// How long a configured group may have no member before its MembersSeen condition (and
+    /// Ready) turns false.
+    #[arg(long, env = "HEDGE_OPERATOR_MEMBERS_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub members_grace: Duration,
+    /// How long watch errors may persist before /readyz fails.
+    #[arg(long, env = "HEDGE_OPERATOR_WATCH_FAILURE_THRESHOLD", default_value = "2m", value_parser = parse_duration)]
+    pub watch_failure_threshold: Duration,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`.
@@ -115,5 +135,24 @@ mod tests {
         assert_eq!(cli.command, None);
         assert_eq!(cli.run.log_format, LogFormat::Json);
         assert_eq!(cli.run.resync_interval, Duration::from_secs(10));
+        assert_eq!(cli.run.metrics_addr, "[::]:8080".parse().unwrap());
+        assert!(cli.run.allowed_databases.is_empty());
+    }
+
+    #[test]
+    fn the_allowlist_comes_from_repeated_flags_and_fails_on_a_malformed_entry() {
+        let cli = Cli::try_parse_from([
+            "hedge-operator",
+            "--allow-database",
+            "team-a=projects/p/instances/i",
+            "--allow-database",
+            "*=projects/shared/instances/s/databases/d",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.allowed_databases.len(), 2);
+        assert_eq!(cli.run.allowed_databases[0].namespace, "team-a");
+        let err =
+            Cli::try_parse_from(["hedge-operator", "--allow-database", "team-a"]).unwrap_err();
+        assert!(err.to_string().contains("NAMESPACE=PREFIX"), "{err}");
     }
 }

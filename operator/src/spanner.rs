@@ -4,81 +4,110 @@
 //! Workload Identity through the metadata server), or `SPANNER_EMULATOR_HOST`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use hedge::DatabasePath;
 use hedge::store::schema::{self, SchemaError};
 use hedge::store::spanner::SpannerOptions;
-use hedge::store::{LockKey, SpannerStore, Store, StoreError, TableNames};
-use tokio::sync::Mutex;
+use hedge::store::{SpannerStore, StoreError};
+use tokio::sync::OnceCell;
 
-use crate::provision::{GroupState, Leader, ProvisionError, Provisioner, SchemaOutcome};
+use crate::provision::{GroupState, Leader, ProvisionError, Provisioner, SchemaOutcome, Target};
 
-/// The provisioner on Cloud Spanner. Keeps one store (one client and session) per database and
-/// table set, so a status refresh does not open a new session every time.
+/// One database and table set (and endpoint): its store, connected once.
+#[derive(Debug, Default)]
+struct Cell {
+    store: OnceCell<SpannerStore>,
+}
+
+/// The provisioner on Cloud Spanner. Keeps one store (one client and session) per database,
+/// table set and endpoint, so a status refresh does not open a new session every time.
+///
+/// Each target has a cell of its own: the map is locked only to find the cell, and a connect
+/// (up to the connect timeout) holds only its own cell, so one unreachable database never stalls
+/// the reconciles of the others. A failed connect leaves the cell empty (the next call tries
+/// again); a connected store is kept across errors (the client reconnects by itself) and
+/// evicted only when its group is cleaned up.
 #[derive(Debug, Default)]
 pub struct SpannerProvisioner {
     options: SpannerOptions,
-    stores: Mutex<HashMap<(DatabasePath, TableNames), SpannerStore>>,
+    cells: Mutex<HashMap<Target, Arc<Cell>>>,
 }
 
 impl SpannerProvisioner {
-    /// A provisioner that connects with `options`.
+    /// A provisioner that connects with `options` (a group's emulator host overrides theirs).
     pub fn new(options: SpannerOptions) -> Self {
         Self {
             options,
-            stores: Mutex::default(),
+            cells: Mutex::default(),
         }
     }
 
-    async fn store(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<SpannerStore, ProvisionError> {
-        let key = (db.clone(), tables.clone());
-        let mut stores = self.stores.lock().await;
-        if let Some(store) = stores.get(&key) {
-            return Ok(store.clone());
+    fn options_for(&self, target: &Target) -> SpannerOptions {
+        let mut options = self.options.clone();
+        if let Some(host) = &target.emulator_host {
+            options.emulator_host = Some(host.clone());
         }
-        let store = SpannerStore::connect(db, tables.clone(), &self.options)
+        options
+    }
+
+    fn cell(&self, target: &Target) -> Arc<Cell> {
+        self.cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(target.clone())
+            .or_default()
+            .clone()
+    }
+
+    async fn store(&self, target: &Target) -> Result<SpannerStore, ProvisionError> {
+        let cell = self.cell(target);
+        let options = self.options_for(target);
+        let store = cell
+            .store
+            .get_or_try_init(|| {
+                SpannerStore::connect(&target.database, target.tables.clone(), &options)
+            })
             .await
             .map_err(store_error("connecting"))?;
-        stores.insert(key, store.clone());
-        Ok(store)
+        Ok(store.clone())
     }
+}
 
-    /// Forgets the store of `db` and `tables` (after its tables were dropped, or it failed).
-    async fn forget(&self, db: &DatabasePath, tables: &TableNames) {
-        self.stores
-            .lock()
-            .await
-            .remove(&(db.clone(), tables.clone()));
+/// The reason of a store error, for conditions and metrics: the client's classification
+/// ([`StoreError::reason`]), prefixed with `Spanner` where the bare word would not say where the
+/// failure was (`SpannerUnavailable`, not `Unavailable`). `PermissionDenied` and
+/// `DatabaseNotFound` keep their names: they are not Spanner being down.
+pub fn store_reason(e: &StoreError) -> &'static str {
+    match e.reason() {
+        "Unavailable" => "SpannerUnavailable",
+        "Timeout" => "SpannerTimeout",
+        "Backend" => "SpannerError",
+        "InvalidRequest" => "SpannerRejected",
+        "Corrupt" => "CorruptRow",
+        other => other,
     }
 }
 
 fn store_error(step: &'static str) -> impl Fn(StoreError) -> ProvisionError {
-    move |e| {
-        let message = e.to_string();
-        if e.is_transient() {
-            ProvisionError::Unavailable { step, message }
-        } else {
-            ProvisionError::Rejected { step, message }
-        }
+    move |e| ProvisionError::Spanner {
+        step,
+        reason: store_reason(&e),
+        message: e.to_string(),
     }
 }
 
 fn schema_error(step: &'static str) -> impl Fn(SchemaError) -> ProvisionError {
     move |e| match e {
         SchemaError::TooNew { found, supported } => ProvisionError::TooNew { found, supported },
-        // The admin API's failures (unreachable, permission, a missing database) all arrive as
-        // text; retrying with backoff is right for the first and harmless for the others.
-        SchemaError::Spanner { .. } => ProvisionError::Unavailable {
+        SchemaError::Spanner { ref source, .. } => ProvisionError::Spanner {
             step,
+            reason: store_reason(source),
             message: e.to_string(),
         },
-        other => ProvisionError::Rejected {
+        other => ProvisionError::Spanner {
             step,
+            reason: other.reason(),
             message: other.to_string(),
         },
     }
@@ -86,22 +115,14 @@ fn schema_error(step: &'static str) -> impl Fn(SchemaError) -> ProvisionError {
 
 #[async_trait]
 impl Provisioner for SpannerProvisioner {
-    async fn ensure_schema(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<SchemaOutcome, ProvisionError> {
-        // On the cached store's own connection: a resync every few seconds per group must not
-        // open a new client each time.
-        let store = self.store(db, tables).await?;
-        let report = match store.ensure_schema().await {
-            Ok(report) => report,
-            Err(e) => {
-                // A broken session (or a reconnect after an outage) gets a fresh store next time.
-                self.forget(db, tables).await;
-                return Err(schema_error("provisioning the schema")(e));
-            }
-        };
+    async fn ensure_schema(&self, target: &Target) -> Result<SchemaOutcome, ProvisionError> {
+        // On the cached store's own connection: a check per new generation must not open a new
+        // client each time.
+        let store = self.store(target).await?;
+        let report = store
+            .ensure_schema()
+            .await
+            .map_err(schema_error("provisioning the schema"))?;
         Ok(SchemaOutcome {
             version_before: report.version_before,
             version_after: report.version_after,
@@ -111,44 +132,28 @@ impl Provisioner for SpannerProvisioner {
 
     async fn group_state(
         &self,
-        db: &DatabasePath,
-        tables: &TableNames,
+        target: &Target,
         group: &str,
     ) -> Result<GroupState, ProvisionError> {
-        let store = self.store(db, tables).await?;
-        let result = async {
-            let lock = store
-                .lock_state(&LockKey::new(group, LockKey::LEADER))
-                .await
-                .map_err(store_error("reading the leader lock"))?;
-            let members = store
-                .list_members(group)
-                .await
-                .map_err(store_error("reading the members"))?;
-            Ok(GroupState {
-                leader: lock.and_then(|l| l.holder).map(|h| Leader {
-                    id: h.id,
-                    token: h.token,
-                    since: h.since,
-                }),
-                members: members.len(),
-            })
-        }
-        .await;
-        if result.is_err() {
-            // A broken session (or a reconnect after an outage) gets a fresh store next time.
-            self.forget(db, tables).await;
-        }
-        result
+        let store = self.store(target).await?;
+        // One strong query: the leader, the live members and the recorded schema version.
+        let status = store
+            .group_status(group)
+            .await
+            .map_err(store_error("reading the group's status"))?;
+        Ok(GroupState {
+            leader: status.leader.map(|h| Leader {
+                id: h.id,
+                token: h.token,
+                since: h.since,
+            }),
+            members: usize::try_from(status.live_members).unwrap_or(usize::MAX),
+            schema_version: status.schema_version,
+        })
     }
 
-    async fn delete_group_rows(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-        group: &str,
-    ) -> Result<(), ProvisionError> {
-        let store = self.store(db, tables).await?;
+    async fn delete_group_rows(&self, target: &Target, group: &str) -> Result<(), ProvisionError> {
+        let store = self.store(target).await?;
         match store.delete_group(group).await {
             Ok(_) | Err(StoreError::MissingTable { .. }) => Ok(()),
             Err(e) => Err(store_error("deleting the group's rows")(e)),
@@ -157,10 +162,9 @@ impl Provisioner for SpannerProvisioner {
 
     async fn groups_in_tables(
         &self,
-        db: &DatabasePath,
-        tables: &TableNames,
+        target: &Target,
     ) -> Result<Option<BTreeSet<String>>, ProvisionError> {
-        let store = self.store(db, tables).await?;
+        let store = self.store(target).await?;
         match store.groups().await {
             Ok(groups) => Ok(Some(groups)),
             // No tables, no other group: nothing to protect.
@@ -169,16 +173,19 @@ impl Provisioner for SpannerProvisioner {
         }
     }
 
-    async fn drop_schema(
-        &self,
-        db: &DatabasePath,
-        tables: &TableNames,
-    ) -> Result<(), ProvisionError> {
-        self.forget(db, tables).await;
-        schema::drop_schema(db, tables, &self.options)
+    async fn drop_schema(&self, target: &Target) -> Result<(), ProvisionError> {
+        schema::drop_schema(&target.database, &target.tables, &self.options_for(target))
             .await
             .map_err(schema_error("dropping the tables"))?;
+        self.evict(target).await;
         Ok(())
+    }
+
+    async fn evict(&self, target: &Target) {
+        self.cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(target);
     }
 }
 
@@ -197,10 +204,18 @@ mod tests {
     use super::SpannerProvisioner;
     use crate::conditions::{self, READY};
     use crate::controller::{Context, Settings, reconcile};
-    use crate::crd::{DeletionPolicy, HedgeGroup};
+    use crate::crd::{CONFIRM_DROP_TABLES_ANNOTATION, DeletionPolicy, HedgeGroup};
     use crate::fixtures::{ApiServerVerifier, NS};
     use crate::metrics::Metrics;
     use crate::provision::Provisioner;
+
+    fn target(db: &hedge::DatabasePath, tables: &TableNames) -> crate::provision::Target {
+        crate::provision::Target {
+            database: db.clone(),
+            tables: tables.clone(),
+            emulator_host: None,
+        }
+    }
 
     fn context(provisioner: Arc<SpannerProvisioner>) -> (Arc<Context>, ApiServerVerifier) {
         let (client, api) = ApiServerVerifier::start();
@@ -223,18 +238,141 @@ mod tests {
         let tables = TableNames::default();
         let provisioner = SpannerProvisioner::new(emulator.options());
 
-        let first = provisioner.ensure_schema(&db, &tables).await.unwrap();
+        let first = provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
         assert_eq!(first.version_before, None);
         assert_eq!(first.version_after, SCHEMA_VERSION);
         assert_eq!(first.applied, schema::ddl(&tables));
 
-        let second = provisioner.ensure_schema(&db, &tables).await.unwrap();
+        let second = provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
         assert_eq!(second.version_before, Some(SCHEMA_VERSION));
         assert!(second.applied.is_empty(), "{:?}", second.applied);
 
         // Every table answers.
-        let state = provisioner.group_state(&db, &tables, "ns/g").await.unwrap();
+        let state = provisioner
+            .group_state(&target(&db, &tables), "ns/g")
+            .await
+            .unwrap();
         assert_eq!((state.leader, state.members), (None, 0));
+    }
+
+    /// The operator's status read is one query, and tells a missing table apart.
+    #[tokio::test]
+    async fn the_group_status_is_one_read_of_leader_members_and_schema_version() {
+        let emulator = require_emulator!();
+        let db = emulator.create_database().await.unwrap();
+        let tables = TableNames::default();
+        let provisioner = SpannerProvisioner::new(emulator.options());
+
+        let missing = provisioner
+            .group_state(&target(&db, &tables), "ns/g")
+            .await
+            .unwrap_err();
+        assert!(missing.is_missing_table(), "{missing}");
+
+        provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
+        let empty = provisioner
+            .group_state(&target(&db, &tables), "ns/g")
+            .await
+            .unwrap();
+        assert_eq!(
+            (empty.leader, empty.members, empty.schema_version),
+            (None, 0, Some(SCHEMA_VERSION))
+        );
+
+        let store = emulator.store(&db).await.unwrap();
+        let token = match store
+            .acquire(
+                &LockKey::new("ns/g", LockKey::LEADER),
+                &"g-0".into(),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+        {
+            hedge::store::AcquireOutcome::Granted { token } => token,
+            held => panic!("{held:?}"),
+        };
+        for (id, ttl) in [("g-0", 60), ("g-1", 60), ("g-2", 0)] {
+            let member = MemberHeartbeat {
+                id: id.into(),
+                incarnation: hedge::store::new_incarnation(),
+                address: None,
+                ttl: Duration::from_millis(ttl * 1000 + 1),
+            };
+            store.heartbeat_member("ns/g", &member).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let state = provisioner
+            .group_state(&target(&db, &tables), "ns/g")
+            .await
+            .unwrap();
+        let leader = state.leader.unwrap();
+        assert_eq!((leader.id.as_str(), leader.token), ("g-0", token));
+        assert_eq!(state.members, 2, "the expired member does not count");
+        // Another group in the same tables sees none of it.
+        let other = provisioner
+            .group_state(&target(&db, &tables), "ns/other")
+            .await
+            .unwrap();
+        assert_eq!((other.leader, other.members), (None, 0));
+    }
+
+    /// A table of the set that exists with another role's columns is not hedge's to change or
+    /// drop: provisioning and dropping refuse it, naming the table and what differs.
+    #[tokio::test]
+    async fn a_table_that_is_not_hedges_is_neither_changed_nor_dropped() {
+        let emulator = require_emulator!();
+        let db = emulator.create_database().await.unwrap();
+        // `shared` is a member table of one table set...
+        let theirs = TableNames {
+            locks: "a_locks".into(),
+            members: "shared".into(),
+            schema: "a_schema".into(),
+        };
+        schema::ensure_schema(&db, &theirs, &emulator.options())
+            .await
+            .unwrap();
+        // ...which another set would use as its lock table.
+        let ours = TableNames {
+            locks: "shared".into(),
+            members: "b_members".into(),
+            schema: "b_schema".into(),
+        };
+        let provisioner = SpannerProvisioner::new(emulator.options());
+        let refused = provisioner
+            .ensure_schema(&target(&db, &ours))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason(), "ForeignTable", "{refused}");
+        let message = refused.to_string();
+        assert!(
+            message.contains("table `shared` exists but is not hedge's locks table")
+                && message.contains("missing columns")
+                && message.contains("member_id"),
+            "{message}"
+        );
+        let refused = provisioner
+            .drop_schema(&target(&db, &ours))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.reason(), "ForeignTable", "{refused}");
+        // Nothing was created or dropped: the other set still works, ours has no tables.
+        let store = emulator.store_with_tables(&db, theirs).await.unwrap();
+        assert!(store.groups().await.is_ok());
+        let mismatch = provisioner
+            .group_state(&target(&db, &ours), "ns/g")
+            .await
+            .unwrap_err();
+        assert!(mismatch.needs_schema(), "{mismatch}");
     }
 
     #[tokio::test]
@@ -247,7 +385,10 @@ mod tests {
             .unwrap();
         let provisioner = SpannerProvisioner::new(emulator.options());
 
-        let upgrade = provisioner.ensure_schema(&db, &tables).await.unwrap();
+        let upgrade = provisioner
+            .ensure_schema(&target(&db, &tables))
+            .await
+            .unwrap();
 
         assert_eq!(upgrade.version_before, Some(1));
         assert_eq!(upgrade.version_after, SCHEMA_VERSION);
@@ -275,6 +416,7 @@ mod tests {
         api.seed(&hg);
 
         let start = Instant::now();
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -313,6 +455,7 @@ mod tests {
         }
 
         api.clear_log();
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -331,6 +474,7 @@ mod tests {
 
         api.clear_log();
         let start = Instant::now();
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -378,7 +522,12 @@ mod tests {
         let mut hg = HedgeGroup::test("orders").finalized().deleting();
         hg.spec.database = db.to_string();
         hg.spec.deletion_policy = DeletionPolicy::DropTables;
+        hg.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CONFIRM_DROP_TABLES_ANNOTATION.into(), "true".into());
         api.seed(&hg);
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -396,11 +545,14 @@ mod tests {
             jobs.is_some(),
             "another group's rows stay, and so do the tables"
         );
-        assert_eq!(api.group("orders").metadata.finalizers, Some(vec![]));
+        assert!(
+            !api.has_group("orders"),
+            "the finalizer went, and the group with it"
+        );
 
         // Dropping the tables themselves (what DropTables does once nothing else uses them).
         provisioner
-            .drop_schema(&db, &TableNames::default())
+            .drop_schema(&target(&db, &TableNames::default()))
             .await
             .unwrap();
         let gone = store
@@ -411,7 +563,7 @@ mod tests {
             "{gone:?}"
         );
         provisioner
-            .drop_schema(&db, &TableNames::default())
+            .drop_schema(&target(&db, &TableNames::default()))
             .await
             .unwrap();
     }
@@ -437,7 +589,12 @@ mod tests {
         let mut hg = HedgeGroup::test("orders").finalized().deleting();
         hg.spec.database = db.to_string();
         hg.spec.deletion_policy = DeletionPolicy::DropTables;
+        hg.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CONFIRM_DROP_TABLES_ANNOTATION.into(), "true".into());
         api.seed(&hg);
+        ctx.sync_stores(&api);
         reconcile(Arc::new(api.group("orders")), ctx.clone())
             .await
             .unwrap();
@@ -448,6 +605,9 @@ mod tests {
             matches!(gone, Err(hedge::StoreError::MissingTable { .. })),
             "the only group's tables are dropped: {gone:?}"
         );
-        assert_eq!(api.group("orders").metadata.finalizers, Some(vec![]));
+        assert!(
+            !api.has_group("orders"),
+            "the finalizer went, and the group with it"
+        );
     }
 }

@@ -10,7 +10,12 @@ use hedge::{Config, ElectionTimings, MembershipTimings};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{DeletionPolicy, DeploymentTarget, ElectionSpec, HedgeGroup, MembershipSpec};
+use sha2::{Digest, Sha256};
+
+use crate::crd::{
+    CONFIRM_DROP_TABLES_ANNOTATION, DeletionPolicy, DeploymentTarget, ElectionSpec, HedgeGroup,
+    MembershipSpec, SKIP_CLEANUP_ANNOTATION,
+};
 
 /// The longest Kubernetes object name (a DNS subdomain).
 const MAX_OBJECT_NAME: usize = 253;
@@ -58,6 +63,9 @@ pub enum InvalidSpec {
     /// An empty name where one is required.
     #[error("spec.{0} must not be empty")]
     Empty(&'static str),
+    /// An emulator host that is not `host:port`.
+    #[error("spec.spanner.emulatorHost must be host:port (got {0:?})")]
+    EmulatorHost(String),
 }
 
 /// Where the members' group secret comes from.
@@ -111,9 +119,24 @@ pub struct ValidGroup {
     pub network_policy_enabled: bool,
     /// The deletion policy.
     pub deletion_policy: DeletionPolicy,
+    /// `hedge.dev/skip-cleanup: "true"`: delete without touching Spanner.
+    pub skip_cleanup: bool,
+    /// `hedge.dev/confirm-drop-tables: "true"`: `DropTables` may drop the tables.
+    pub drop_tables_confirmed: bool,
+    /// The field manager of this group's fields in its Deployment ([`field_manager`]).
+    pub field_manager: String,
 }
 
 impl ValidGroup {
+    /// Where the group's tables are, for the provisioner.
+    pub fn target(&self) -> crate::provision::Target {
+        crate::provision::Target {
+            database: self.database.clone(),
+            tables: self.tables.clone(),
+            emulator_host: self.config.spanner_emulator_host.clone(),
+        }
+    }
+
     /// The peer port.
     pub fn peer_port(&self) -> u16 {
         self.config.peer_port
@@ -124,6 +147,36 @@ impl ValidGroup {
 /// two HedgeGroups, so that one group's deletion policy never touches another's rows.
 pub fn group_name(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
+}
+
+/// The longest field manager name the API server accepts.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The field manager of group `<namespace>/<name>` in its Deployment:
+/// `hedge-operator/<namespace>.<name>`, or, when that is longer than the API server accepts, its
+/// first characters and a hash of the whole. One per group, so that two groups never share (and
+/// silently take over) each other's fields.
+pub fn field_manager(namespace: &str, name: &str) -> String {
+    let full = format!("{}/{namespace}.{name}", crate::crd::FIELD_MANAGER);
+    if full.len() <= MAX_FIELD_MANAGER {
+        return full;
+    }
+    let digest = Sha256::digest(full.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let keep = MAX_FIELD_MANAGER - hash.len() - 1;
+    let mut prefix = full;
+    while prefix.len() > keep {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash}")
+}
+
+fn annotation_is_true(hg: &HedgeGroup, key: &str) -> bool {
+    hg.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// Checks every rule of the spec and resolves defaults.
@@ -162,6 +215,15 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
     config.election = election_timings(&spec.election)?;
     config.membership = membership_timings(&spec.membership)?;
     config.peer_port = peer_port;
+    config.spanner_emulator_host = match &spec.spanner.emulator_host {
+        Some(host) if host.trim().is_empty() => {
+            return Err(InvalidSpec::Empty("spanner.emulatorHost"));
+        }
+        Some(host) if host.chars().any(char::is_whitespace) || !host.contains(':') => {
+            return Err(InvalidSpec::EmulatorHost(host.clone()));
+        }
+        other => other.clone(),
+    };
     // The member id is each pod's own (POD_NAME); the placeholder only satisfies validation.
     config.member_id = "operator".into();
     config.validate()?;
@@ -189,8 +251,6 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
     }
 
     Ok(ValidGroup {
-        name,
-        namespace,
         generation: hg.meta().generation,
         owner,
         group,
@@ -204,6 +264,11 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
         network_policy,
         network_policy_enabled,
         deletion_policy: spec.deletion_policy,
+        skip_cleanup: annotation_is_true(hg, SKIP_CLEANUP_ANNOTATION),
+        drop_tables_confirmed: annotation_is_true(hg, CONFIRM_DROP_TABLES_ANNOTATION),
+        field_manager: field_manager(&namespace, &name),
+        name,
+        namespace,
     })
 }
 

@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::{Event, EventType};
 
-use crate::conditions::{self, CONFIG_READY, Cond, DEGRADED, READY, SCHEMA_READY, Status};
+use crate::conditions::{
+    self, CONFIG_READY, Cond, DEGRADED, MEMBERS_SEEN, READY, SCHEMA_READY, Status,
+};
 use crate::crd::HedgeGroupStatus;
 use crate::provision::GroupState;
 
@@ -23,28 +25,43 @@ pub struct Report {
     pub schema: Cond,
     /// `ConfigReady`.
     pub config: Cond,
+    /// `MembersSeen`.
+    pub members: Cond,
     /// `Degraded`, when something is wrong; `None` means not degraded.
     pub degraded: Option<Cond>,
     /// The schema version, `None` when it was not learned (the old value is kept).
     pub schema_version: Option<i64>,
     /// The leader and members, `None` when they were not read (the old values are kept).
     pub group_state: Option<GroupState>,
+    /// The Deployment that carries the group's configuration (`Some(None)`: none); `None` when
+    /// it was not learned (the old value is kept).
+    pub deployment: Option<Option<String>>,
 }
 
 impl Report {
-    /// The report of a reconcile that stopped at an invalid spec: the configuration is not
-    /// applied, the schema condition is carried over, and the group is degraded.
-    pub fn invalid(old: Option<&HedgeGroupStatus>, generation: Option<i64>, message: &str) -> Self {
+    /// The report of a reconcile that stopped at a spec it will not act on (`reason`:
+    /// `InvalidSpec`, `DatabaseNotAllowed`): the configuration is not applied, the schema and
+    /// members conditions are carried over, and the group is degraded.
+    pub fn invalid(
+        old: Option<&HedgeGroupStatus>,
+        generation: Option<i64>,
+        reason: &str,
+        message: &str,
+    ) -> Self {
         let schema = carried(old, SCHEMA_READY)
-            .unwrap_or_else(|| Cond::new(SCHEMA_READY, Status::Unknown, "InvalidSpec", message));
+            .unwrap_or_else(|| Cond::new(SCHEMA_READY, Status::Unknown, reason, message));
+        let members = carried(old, MEMBERS_SEEN)
+            .unwrap_or_else(|| Cond::new(MEMBERS_SEEN, Status::Unknown, reason, message));
         Self {
             generation,
             group: old.and_then(|s| s.group.clone()),
             schema,
-            config: Cond::new(CONFIG_READY, Status::False, "InvalidSpec", message),
-            degraded: Some(Cond::new(DEGRADED, Status::True, "InvalidSpec", message)),
+            config: Cond::new(CONFIG_READY, Status::False, reason, message),
+            members,
+            degraded: Some(Cond::new(DEGRADED, Status::True, reason, message)),
             schema_version: None,
             group_state: None,
+            deployment: None,
         }
     }
 
@@ -82,6 +99,15 @@ fn ready(r: &Report) -> Cond {
             return Cond::new(READY, Status::False, c.reason.clone(), c.message.clone());
         }
     }
+    // Configured but no member ever joined: not a group that works.
+    if r.members.status == Status::False {
+        return Cond::new(
+            READY,
+            Status::False,
+            r.members.reason.clone(),
+            r.members.message.clone(),
+        );
+    }
     Cond::new(
         READY,
         Status::True,
@@ -103,7 +129,13 @@ pub fn desired(old: Option<&HedgeGroupStatus>, r: &Report, now: &Time) -> HedgeG
         .degraded
         .clone()
         .unwrap_or_else(|| Cond::new(DEGRADED, Status::False, "AsExpected", "nothing is wrong"));
-    let new = [ready(r), r.schema.clone(), r.config.clone(), degraded];
+    let new = [
+        ready(r),
+        r.schema.clone(),
+        r.config.clone(),
+        r.members.clone(),
+        degraded,
+    ];
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut status = HedgeGroupStatus {
         conditions: conditions::merge(old_conditions, &new, r.generation, now),
@@ -115,6 +147,10 @@ pub fn desired(old: Option<&HedgeGroupStatus>, r: &Report, now: &Time) -> HedgeG
         schema_version: r
             .schema_version
             .or_else(|| old.and_then(|s| s.schema_version)),
+        deployment: match &r.deployment {
+            Some(d) => d.clone(),
+            None => old.and_then(|s| s.deployment.clone()),
+        },
         ..HedgeGroupStatus::default()
     };
     match &r.group_state {

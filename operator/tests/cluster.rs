@@ -84,7 +84,7 @@ async fn apply_group(client: &Client, ns: &str, name: &str, policy: &str) -> Api
     let groups: Api<HedgeGroup> = Api::namespaced(client.clone(), ns);
     let group = json!({
         "apiVersion": "hedge.dev/v1alpha1", "kind": "HedgeGroup",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": {"hedge.dev/confirm-drop-tables": "true"}},
         "spec": {
             "database": env("HEDGE_E2E_DATABASE", "projects/e2e/instances/e2e/databases/hedge"),
             "tables": {"locks": format!("{}_locks", name.replace('-', "_")),
@@ -96,6 +96,10 @@ async fn apply_group(client: &Client, ns: &str, name: &str, policy: &str) -> Api
             "deletionPolicy": policy,
         },
     });
+    let mut group = group;
+    if !emulator.is_empty() {
+        group["spec"]["spanner"] = json!({"emulatorHost": emulator});
+    }
     groups
         .patch(name, &ssa, &Patch::Apply(&group))
         .await
@@ -141,6 +145,94 @@ async fn an_applied_group_becomes_ready_and_shows_its_leader() {
     let deployments: Api<Deployment> = Api::namespaced(client, &ns);
     deployments
         .delete("e2e-ready", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+fn hedge_vars(d: &Deployment) -> usize {
+    d.spec.template.spec.as_ref().map_or(0, |s| {
+        s.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name.starts_with("HEDGE_"))
+            .count()
+    })
+}
+
+fn revision(d: &Deployment) -> String {
+    d.annotations()
+        .get("deployment.kubernetes.io/revision")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The Deployment's owner applies its manifest again, with a change of its own: one rollout,
+/// and the operator's variables stay (they are fields of the group's own field manager).
+#[tokio::test]
+#[ignore = "needs cluster (kind or k3d with the chart installed)"]
+async fn the_owners_next_apply_keeps_the_hedge_variables_and_rolls_once() {
+    let client = Client::try_default().await.unwrap();
+    let ns = env("HEDGE_E2E_NAMESPACE", "hedge-e2e");
+    let name = "e2e-owner";
+    let groups = apply_group(&client, &ns, name, "Retain").await;
+    wait_for(&groups, name, "Ready", |hg| {
+        hg.status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, READY))
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let configured = deployments.get(name).await.unwrap();
+    let vars = hedge_vars(&configured);
+    assert!(vars >= 13, "{vars}");
+
+    let ssa = PatchParams::apply("hedge-e2e").force();
+    // The same manifest as before (the emulator variable included), with one change.
+    let mut member_env = configured.spec.template.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| e.name == "SPANNER_EMULATOR_HOST")
+        .map(|e| json!({"name": e.name, "value": e.value}))
+        .collect::<Vec<_>>();
+    member_env.push(json!({"name": "RUST_LOG", "value": "debug"}));
+    let owner = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "member",
+                    "image": env("HEDGE_E2E_MEMBER_IMAGE", "hedge-demo:e2e"),
+                    "imagePullPolicy": "IfNotPresent",
+                    "args": ["member"],
+                    "env": member_env,
+                }]},
+            },
+        },
+    });
+    deployments
+        .patch(name, &ssa, &Patch::Apply(&owner))
+        .await
+        .unwrap();
+    // Time for the operator to react to the new generation (wrongly, by rolling again).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = deployments.get(name).await.unwrap();
+    assert_eq!(hedge_vars(&after), vars, "the HEDGE_* variables stay");
+    let before: u64 = revision(&configured).parse().unwrap_or(0);
+    assert_eq!(
+        revision(&after),
+        (before + 1).to_string(),
+        "exactly one rollout"
+    );
+
+    groups.delete(name, &DeleteParams::default()).await.unwrap();
+    deployments
+        .delete(name, &DeleteParams::default())
         .await
         .unwrap();
 }

@@ -2,8 +2,9 @@
 //! HedgeGroup and the objects the operator would observe next to it.
 
 use hedge_operator::crd::{DeletionPolicy, HedgeGroup};
+use hedge_operator::managed;
 use hedge_operator::plan::{self, CleanupObserved, ConfigProblem, NetworkPolicyStep, Observed};
-use hedge_operator::resources::{CONFIG_HASH_ANNOTATION, PEER_PORT_NAME};
+use hedge_operator::resources::{self, CONFIG_HASH_ANNOTATION, PEER_PORT_NAME};
 use hedge_operator::spec::{self, ValidGroup};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -114,6 +115,10 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
         1,
         "only the pod template: {body:#}"
     );
+    assert_eq!(
+        body["metadata"]["annotations"]["hedge.dev/group"],
+        "shop/orders"
+    );
     let template = &body["spec"]["template"];
     assert_eq!(
         template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
@@ -135,32 +140,42 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
 
     let app = &containers[0];
     assert_eq!(app.get("image"), None);
-    assert_eq!(
-        app["envFrom"],
-        json!([
-            {"configMapRef": {"name": "orders-settings"}},
-            {"configMapRef": {"name": "orders-hedge-config"}},
-            {"secretRef": {"name": "orders-hedge-secret"}},
-        ]),
-        "the user's entry is kept, ahead of the group's"
-    );
-    let env: Vec<(&str, &str)> = app["env"]
+    assert_eq!(app.get("envFrom"), None, "envFrom stays the user's");
+    let env: Vec<(&str, &Value)> = app["env"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap(),
-                e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap(),
-            )
-        })
+        .map(|e| (e["name"].as_str().unwrap(), &e["valueFrom"]))
         .collect();
+    // Every variable the members read, each from the ConfigMap key of its name...
+    for var in hedge::config::CONFIG_MAP_VARIABLES {
+        let (_, from) = env.iter().find(|(n, _)| n == var).unwrap();
+        assert_eq!(
+            **from,
+            json!({"configMapKeyRef": {"name": "orders-hedge-config", "key": var}})
+        );
+    }
+    // ...the group secret from the Secret, and the pod's identity from the downward API.
+    let tail: Vec<(&str, &Value)> = env[env.len() - 4..].to_vec();
     assert_eq!(
-        env,
+        tail,
         [
-            ("POD_NAME", "metadata.name"),
-            ("POD_UID", "metadata.uid"),
-            ("POD_IP", "status.podIP")
+            (
+                "HEDGE_GROUP_SECRET",
+                &json!({"secretKeyRef": {"name": "orders-hedge-secret", "key": "HEDGE_GROUP_SECRET"}})
+            ),
+            (
+                "POD_NAME",
+                &json!({"fieldRef": {"fieldPath": "metadata.name"}})
+            ),
+            (
+                "POD_UID",
+                &json!({"fieldRef": {"fieldPath": "metadata.uid"}})
+            ),
+            (
+                "POD_IP",
+                &json!({"fieldRef": {"fieldPath": "status.podIP"}})
+            ),
         ]
     );
     assert_eq!(
@@ -173,7 +188,8 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
         json!([{"name": PEER_PORT_NAME, "containerPort": 7946, "protocol": "TCP"}])
     );
 
-    // The NetworkPolicy selects the Deployment's pods and admits the peer port only from them.
+    // The NetworkPolicy selects the Deployment's pods and admits the peer port from them, and
+    // nothing else.
     let NetworkPolicyStep::Apply(np) = &plan.network_policy else {
         panic!("expected a NetworkPolicy: {:?}", plan.network_policy)
     };
@@ -185,53 +201,89 @@ fn a_referenced_deployment_gets_only_the_operators_fields() {
     );
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
     assert_eq!(
-        np["spec"]["ingress"][0],
-        json!({"from": [{"podSelector": {"matchLabels": {"app": "orders-api"}}}],
-               "ports": [{"port": 7946, "protocol": "TCP"}]})
+        np["spec"]["ingress"],
+        json!([{"from": [{"podSelector": {"matchLabels": {"app": "orders-api"}}}],
+                "ports": [{"port": 7946, "protocol": "TCP"}]}]),
+        "one rule: members to the peer port; never a from-anywhere rule"
     );
-    assert_eq!(
-        np["spec"]["ingress"][1],
-        json!({"ports": [
-            {"port": 1, "endPort": 7945, "protocol": "TCP"},
-            {"port": 7947, "endPort": 65535, "protocol": "TCP"},
-            {"port": 1, "endPort": 65535, "protocol": "UDP"},
-        ]}),
-        "every other port stays open to every source"
-    );
+}
+
+/// The Deployment as the API server holds it after `body` was applied by `manager`: merged, with
+/// the manager's fields recorded.
+fn applied(deployment: &Value, body: &Value, manager: &str) -> Value {
+    let mut d = deployment.clone();
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap();
+    for fragment in body["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+    {
+        let c = containers
+            .iter_mut()
+            .find(|c| c["name"] == fragment["name"])
+            .unwrap();
+        for (k, value) in fragment.as_object().unwrap() {
+            if k == "ports" && c.get("ports").is_some() {
+                continue;
+            }
+            c[k] = value.clone();
+        }
+    }
+    d["spec"]["template"]["metadata"]["annotations"] =
+        body["spec"]["template"]["metadata"]["annotations"].clone();
+    d["metadata"]["annotations"] = body["metadata"]["annotations"].clone();
+    let fields = managed::applied_fields(body, &resources::deployment_schema);
+    d["metadata"]["managedFields"] = json!([{"manager": manager, "operation": "Apply",
+        "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "fieldsV1": fields.to_fields_v1()}]);
+    d
 }
 
 #[test]
 fn a_configured_deployment_is_not_applied_again_and_a_config_change_changes_its_hash() {
     let (v, mut observed) = fixture("referenced-deployment");
     let (_, body) = plan::plan(&v, &observed).deployment.unwrap();
-    // What the API server holds after the apply: the old object merged with the body.
-    let mut deployment = to_json(observed.deployment.as_ref().unwrap());
-    for (i, fragment) in body["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-    {
-        for (k, value) in fragment.as_object().unwrap() {
-            deployment["spec"]["template"]["spec"]["containers"][i][k] = value.clone();
-        }
-    }
-    deployment["spec"]["template"]["spec"]["containers"][0]["ports"] =
-        json!([{"name": "gossip", "containerPort": 7946, "protocol": "TCP"}]);
-    deployment["spec"]["template"]["metadata"]["annotations"] =
-        body["spec"]["template"]["metadata"]["annotations"].clone();
-    observed.deployment = Some(serde_json::from_value(deployment).unwrap());
+    let deployment = applied(
+        &to_json(observed.deployment.as_ref().unwrap()),
+        &body,
+        &v.field_manager,
+    );
+    observed.deployment = Some(serde_json::from_value(deployment.clone()).unwrap());
     assert_eq!(plan::plan(&v, &observed).deployment, None);
 
-    let (mut v, _) = fixture("referenced-deployment");
-    v.config.election = hedge::ElectionTimings::from_lease(std::time::Duration::from_secs(2));
-    let (_, changed) = plan::plan(&v, &observed)
+    let (mut changed_v, _) = fixture("referenced-deployment");
+    changed_v.config.election =
+        hedge::ElectionTimings::from_lease(std::time::Duration::from_secs(2));
+    let (_, changed) = plan::plan(&changed_v, &observed)
         .deployment
         .expect("a new hash rolls the pods");
     assert_ne!(
         changed["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
         body["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
     );
+
+    // A rotated Secret changes the hash too.
+    let mut rotated = observed.clone();
+    let mut secret = rotated.secret.clone().unwrap();
+    secret.data.as_mut().unwrap().insert(
+        "HEDGE_GROUP_SECRET".into(),
+        k8s_openapi::ByteString(b"rotated".to_vec()),
+    );
+    rotated.secret = Some(secret);
+    let (_, after_rotation) = plan::plan(&v, &rotated).deployment.expect("rolls the pods");
+    assert_ne!(
+        after_rotation["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION],
+        body["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    );
+
+    // A field the operator owns but no longer wants (an env item of an older release) is a
+    // difference: the apply that removes it must be sent.
+    let mut extra = deployment.clone();
+    let fields = &mut extra["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]
+        ["f:containers"]["k:{\"name\":\"app\"}"]["f:env"];
+    fields["k:{\"name\":\"HEDGE_OBSOLETE\"}"] = json!({".": {}, "f:name": {}, "f:value": {}});
+    observed.deployment = Some(serde_json::from_value(extra).unwrap());
+    assert!(plan::plan(&v, &observed).deployment.is_some());
 }
 
 #[test]
@@ -275,44 +327,78 @@ fn a_disabled_network_policy_is_deleted() {
 #[test]
 fn deletion_follows_each_policy() {
     let (mut v, observed) = fixture("deleted-group");
+    let deployments = vec![observed.deployment.clone().unwrap()];
     let others = vec!["HedgeGroup shop/billing".to_owned()];
+    // (policy, confirmed, skip-cleanup, other users) -> (delete rows, drop tables)
     let cases = [
-        (DeletionPolicy::Retain, vec![], (false, false)),
-        (DeletionPolicy::DeleteRows, vec![], (true, false)),
-        (DeletionPolicy::DropTables, vec![], (true, true)),
-        (DeletionPolicy::DropTables, others.clone(), (true, false)),
+        (DeletionPolicy::Retain, true, false, vec![], (false, false)),
+        (
+            DeletionPolicy::DeleteRows,
+            true,
+            false,
+            vec![],
+            (true, false),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            true,
+            false,
+            vec![],
+            (true, true),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            false,
+            false,
+            vec![],
+            (true, false),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            true,
+            false,
+            others.clone(),
+            (true, false),
+        ),
+        (
+            DeletionPolicy::DropTables,
+            true,
+            true,
+            vec![],
+            (false, false),
+        ),
     ];
-    for (policy, other_users, (delete_rows, drop_tables)) in cases {
+    for (policy, confirmed, skip, other_users, (delete_rows, drop_tables)) in cases {
         v.deletion_policy = policy;
+        v.drop_tables_confirmed = confirmed;
+        v.skip_cleanup = skip;
         let cleanup = plan::plan_cleanup(
             &v,
             &CleanupObserved {
                 other_users: other_users.clone(),
-                deployment: observed.deployment.clone(),
+                deployments: deployments.clone(),
             },
         );
         assert_eq!(
             (cleanup.delete_rows, cleanup.drop_tables),
             (delete_rows, drop_tables),
-            "{policy:?}"
+            "{policy:?} confirmed={confirmed} skip={skip}"
         );
         assert_eq!(
-            cleanup.tables_kept_for,
-            if drop_tables {
-                vec![]
-            } else if policy == DeletionPolicy::DropTables {
-                others.clone()
-            } else {
-                vec![]
-            }
+            cleanup.drop_unconfirmed,
+            policy == DeletionPolicy::DropTables && !confirmed && !skip
         );
 
-        // The Deployment gets its fields back, keeping the user's own envFrom entry.
-        let (name, body) = cleanup.release_deployment.unwrap();
-        assert_eq!(name, "orders-api");
+        // The Deployment gets the group's fields back by an empty apply under the group's field
+        // manager, conditional on the version read: the user's own fields are untouched.
+        assert_eq!(cleanup.releases.len(), 1);
+        let release = &cleanup.releases[0];
+        assert_eq!(release.deployment, "orders-api");
+        assert_eq!(release.manager, "hedge-operator/shop.orders");
         assert_eq!(
-            body["spec"]["template"]["spec"]["containers"],
-            json!([{"name": "app", "envFrom": [{"configMapRef": {"name": "orders-settings"}}]}])
+            release.body,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "orders-api", "namespace": "shop", "resourceVersion": "4711"}})
         );
     }
 }
@@ -359,6 +445,10 @@ fn invalid_specs_say_what_to_change() {
         (
             "{database: projects/p/instances/i/databases/d, groupSecret: {existingSecret: ''}}",
             "spec.groupSecret.existingSecret must not be empty",
+        ),
+        (
+            "{database: projects/p/instances/i/databases/d, spanner: {emulatorHost: 'no port'}}",
+            "spec.spanner.emulatorHost must be host:port",
         ),
     ];
     for (spec_yaml, message) in cases {

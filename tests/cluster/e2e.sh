@@ -4,12 +4,15 @@
 #
 #   tests/cluster/e2e.sh
 #
-# It builds the operator and demo images, loads them into the cluster, runs the Cloud Spanner
-# emulator in the cluster (instance e2e, database hedge), installs the chart, applies the example
-# HedgeGroup and member Deployment (pointed at the emulator), waits for the group's Ready
-# condition, checks status.leader, the finalizer and the owned objects, then deletes the group and
-# checks that the finalizer ran: the group is gone, its tables are dropped (deletionPolicy
-# DropTables) and its owned objects are garbage-collected.
+# It builds the operator and demo images (docker buildx --load), loads them into the cluster, runs
+# the Cloud Spanner emulator in the cluster (instance e2e, database hedge), applies the CRD
+# server-side and installs the chart (with a database allowlist), applies the example HedgeGroup
+# and member Deployment (pointed at the emulator), waits for the group's Ready condition, checks
+# status.leader, the finalizer and the owned objects, re-applies the member Deployment with
+# `kubectl apply` (a change of the owner's) and expects exactly one rollout with the HEDGE_*
+# variables still there, then deletes the group and checks that the finalizer ran: the group is
+# gone, its tables are dropped (deletionPolicy DropTables, confirmed by annotation) and its owned
+# objects are garbage-collected.
 #
 # Environment:
 #   E2E_CLUSTER_TOOL   kind or k3d (default: whichever is installed, kind first)
@@ -199,27 +202,33 @@ build_images() {
         log "using the existing images $operator_image and $demo_image"
     else
         log "building $operator_image and $demo_image"
-        DOCKER_BUILDKIT=1 docker build -f "$root/docker/operator.Dockerfile" -t "$operator_image" "$root"
-        DOCKER_BUILDKIT=1 docker build -f "$root/docker/demo.Dockerfile" -t "$demo_image" "$root"
+        # --load: buildx builds into its own store otherwise, and `kind load` would not find them.
+        docker buildx build --load -f "$root/docker/operator.Dockerfile" -t "$operator_image" "$root"
+        docker buildx build --load -f "$root/docker/demo.Dockerfile" -t "$demo_image" "$root"
     fi
     load_image "$operator_image"
     load_image "$demo_image"
 }
 
 install_chart() {
+    # The CRD first, server-side (what an upgrade must do too: Helm never upgrades a CRD);
+    # --force-conflicts takes over fields an earlier client-side or Helm install wrote.
+    log "applying the CRD server-side"
+    kubectl apply --server-side --force-conflicts -f "$root/crds/hedgegroup.yaml"
+    kubectl wait --for condition=Established crd/hedgegroups.hedge.dev --timeout "$timeout"
     log "installing the chart"
-    helm upgrade --install "$release" "$root/charts/hedge-operator" \
+    helm upgrade --install "$release" "$root/charts/hedge-operator" --skip-crds \
         --namespace "$operator_ns" --create-namespace \
+        --set-json "operator.allowedDatabases={\"$ns\":[\"projects/e2e/instances/e2e\"]}" \
         --set image.repository="${operator_image%:*}" --set image.tag="${operator_image#*:}" \
         --set image.pullPolicy=Never --set operator.logFormat=text \
         --set 'operator.logLevel=info\,hedge_operator=debug' \
-        --set-json "operator.extraEnv=[{\"name\":\"SPANNER_EMULATOR_HOST\",\"value\":\"$emulator_host\"}]" \
         --wait --timeout "$timeout"
-    kubectl wait --for condition=Established crd/hedgegroups.hedge.dev --timeout "$timeout"
 }
 
-# The examples, changed only where the cluster differs: the emulator database, the local demo
-# image, and DropTables so that the finalizer's clean-up can be observed.
+# The examples, changed only where the cluster differs: the emulator database and endpoint
+# (spec.spanner.emulatorHost, nothing in the operator's or the members' environment), the local
+# demo image, and DropTables so that the finalizer's clean-up can be observed.
 apply_examples() {
     log "applying the example HedgeGroup and member Deployment"
     cp "$root/examples/hedgegroup.yaml" "$root/examples/member-deployment.yaml" "$work/"
@@ -239,10 +248,13 @@ patches:
     patch: |-
       - {op: replace, path: /spec/database, value: $database}
       - {op: replace, path: /spec/deletionPolicy, value: DropTables}
+      - {op: add, path: /metadata/annotations, value: {hedge.dev/confirm-drop-tables: "true"}}
+      # One endpoint for the operator and the members: the operator uses it for this group and
+      # writes it into the members' ConfigMap.
+      - {op: add, path: /spec/spanner, value: {emulatorHost: "$emulator_host"}}
   - target: {kind: Deployment, name: hedge-demo}
     patch: |-
       - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: Never}
-      - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: SPANNER_EMULATOR_HOST, value: "$emulator_host"}}
 EOF
     kubectl apply -k "$work"
 }
@@ -282,6 +294,42 @@ check_ready() {
     echo "tables: $(tr '\n' ' ' <<<"$ddl_tables")"
 }
 
+# revision: the member Deployment's rollout revision.
+revision() {
+    kubectl -n "$ns" get deployment/hedge-demo \
+        -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}'
+}
+
+# hedge_vars: how many HEDGE_* variables the member container has.
+hedge_vars() {
+    local names
+    names=$(kubectl -n "$ns" get deployment/hedge-demo \
+        -o jsonpath='{range .spec.template.spec.containers[0].env[*]}{.name}{"\n"}{end}')
+    grep -c '^HEDGE_' <<<"$names" || true
+}
+
+# The owner of the Deployment applies its manifest again with a change of its own (what kubectl,
+# Helm, Argo CD or Flux do): exactly one rollout, the operator's variables stay, and the operator
+# does not roll the pods again.
+check_reapply() {
+    log "re-applying the member Deployment with kubectl apply (RUST_LOG=debug)"
+    local before after vars
+    before=$(revision)
+    vars=$(hedge_vars)
+    ((vars >= 13)) || die "expected the HEDGE_* variables in the pod template, found $vars"
+    sed -i 's/value: info/value: debug/' "$work/member-deployment.yaml"
+    kubectl apply -k "$work"
+    kubectl -n "$ns" rollout status deployment/hedge-demo --timeout "$timeout"
+    # Time for the operator to react to the new generation (wrongly, by rolling again).
+    sleep 30
+    after=$(revision)
+    [[ $after == $((before + 1)) ]] ||
+        die "expected exactly one rollout (revision $before -> $((before + 1))), got revision $after"
+    [[ $(hedge_vars) == "$vars" ]] || die "the HEDGE_* variables changed: $vars -> $(hedge_vars)"
+    kubectl -n "$ns" wait "hedgegroup/$group" --for condition=Ready --timeout "$timeout"
+    echo "one rollout (revision $after), $vars HEDGE_* variables kept"
+}
+
 # owned UID: the ConfigMaps and Secrets in the namespace that UID owns, as kind/name lines.
 owned() {
     local listing
@@ -319,6 +367,8 @@ check_delete() {
 
 uninstall() {
     log "uninstalling"
+    # HedgeGroups go before the operator (their finalizers need it); none are left here.
+    kubectl delete hedgegroups --all -n "$ns" --wait --timeout "$timeout"
     kubectl delete namespace "$ns" --wait --timeout "$timeout"
     helm uninstall "$release" --namespace "$operator_ns" --wait --timeout "$timeout"
 }
@@ -335,6 +385,7 @@ main() {
     install_chart
     apply_examples
     check_ready
+    check_reapply
     check_delete
     uninstall
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hedge::ElectionTimings;
-use hedge::store::{Latency, LockKey, MemoryStore, Store};
+use hedge::store::{ClockSkew, Latency, LockKey, MemoryStore, Store};
 
 use crate::conformance::Backend;
 
@@ -56,5 +56,10 @@ impl Backend for MemoryBackend {
         // Paused time: store operations take 2 ms (one each way), and the scenarios' own wait
         // loops poll every 5 ms.
         Duration::from_millis(20)
+    }
+
+    fn skew_store_clock(&self, skew: ClockSkew) -> bool {
+        self.store.set_clock_skew(skew);
+        true
     }
 }

@@ -11,11 +11,26 @@ hedge_tests::conformance_suite!(
     rounds = 3
 );
 
-/// One seed of the randomized fault run, short enough for real time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn randomized_faults_never_overlap() {
+/// Three seeds of the randomized fault run, each short enough for real time; a failure names its
+/// seed, which replays it.
+async fn randomized(seed: u64) {
     let Some(backend) = SpannerBackend::start(false).await else {
         return;
     };
-    hedge_tests::conformance::randomized_faults_never_overlap(&backend, 7, 25).await;
+    hedge_tests::conformance::randomized_faults_never_overlap(&backend, seed, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_faults_never_overlap_seed_7() {
+    randomized(7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_faults_never_overlap_seed_11() {
+    randomized(11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_faults_never_overlap_seed_23() {
+    randomized(23).await;
 }

@@ -344,8 +344,10 @@ impl Shared {
                 // for a lease.
                 warn!(lock = %self.key, token, "grant arrived after its step-down time; giving it back");
                 self.give_back(token).await;
+                // Back off: a member whose grants come too late must not take the lock from
+                // the others again and again.
                 Ok(Phase::Follow {
-                    wake_at: Instant::now(),
+                    wake_at: self.next_try(None),
                 })
             }
             Ok(Ok(AcquireOutcome::Held(holder))) => Ok(self.found_holder(holder).await),
@@ -373,10 +375,12 @@ impl Shared {
     async fn found_holder(&self, holder: LockHolder) -> Phase {
         if self.is_mine(&holder) {
             // This process holds a term it does not lead: a grant whose reply was lost, or a
-            // renewal that committed after the step-down.
+            // renewal that committed after the step-down. Give it back, and back off for a poll
+            // so that a member whose replies keep getting lost does not take the lock from the
+            // others again and again.
             self.give_back(holder.token).await;
             return Phase::Follow {
-                wake_at: Instant::now(),
+                wake_at: self.next_try(None),
             };
         }
         let remaining = holder.remaining;

@@ -227,6 +227,27 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_ends_exactly_at_its_length() {
+        // One microsecond before the lease's end it is held; at its end it is free.
+        let lease = Duration::from_secs(1);
+        let mut r = row(Some("a"), 7, 1000, 0);
+        r.age = lease - Duration::from_micros(1);
+        assert!(!r.is_free());
+        assert_eq!(
+            r.live_holder().map(|h| h.remaining),
+            Some(Duration::from_micros(1))
+        );
+        assert_eq!(decide_renew(Some(&r), "a", 7), Ok(()));
+        r.age = lease;
+        assert!(r.is_free());
+        assert_eq!(decide_renew(Some(&r), "a", 7), Err(LossCause::Expired));
+        assert_eq!(
+            decide_acquire(Some(&r), 0),
+            Ok(AcquireDecision::Grant { token: 8 })
+        );
+    }
+
+    #[test]
     fn an_expired_or_released_lock_is_granted_with_a_greater_token() {
         let expired = row(Some("a"), 7, 1000, 1000);
         assert_eq!(

@@ -36,6 +36,20 @@ pub enum SchemaError {
     /// A version that does not exist was asked for.
     #[error("schema version {0} does not exist: use 1 to {SCHEMA_VERSION}")]
     UnknownVersion(i64),
+    /// A table of the set exists but is not hedge's (its columns are not those of its role):
+    /// hedge neither changes nor drops it.
+    #[error(
+        "table `{table}` exists but is not hedge's {role} table ({differs}): hedge leaves it \
+         alone; name other tables (spec.tables) or remove it yourself"
+    )]
+    ForeignTable {
+        /// The table, as named in the table set.
+        table: String,
+        /// Its role (`locks`, `members`, `schema`).
+        role: &'static str,
+        /// What differs: the missing and the unknown columns.
+        differs: String,
+    },
     /// Spanner (the admin API or a query) failed; the source says how.
     #[error("schema provisioning failed while {step}: {source}")]
     Spanner {
@@ -55,6 +69,7 @@ impl SchemaError {
             SchemaError::Database(_) => "InvalidDatabase",
             SchemaError::TooNew { .. } => "SchemaTooNew",
             SchemaError::UnknownVersion(_) => "UnknownSchemaVersion",
+            SchemaError::ForeignTable { .. } => "ForeignTable",
             SchemaError::Spanner { source, .. } => source.reason(),
         }
     }
@@ -177,6 +192,79 @@ pub fn migrations(tables: &TableNames) -> Vec<Migration> {
     ]
 }
 
+/// The columns of one of hedge's tables: those its `CREATE TABLE` made (every version has
+/// them) and those a later version adds (an older table lacks them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableColumns {
+    /// The table's role: `locks`, `members` or `schema`.
+    pub role: &'static str,
+    /// The table's name.
+    pub table: String,
+    /// The columns of its `CREATE TABLE`, lower-cased.
+    pub created: std::collections::BTreeSet<String>,
+    /// The columns later versions add, lower-cased.
+    pub added: std::collections::BTreeSet<String>,
+}
+
+impl TableColumns {
+    /// Why a table with `found` columns (lower-cased) is not this one, or `None` when it is.
+    pub fn differs(&self, found: &std::collections::BTreeSet<String>) -> Option<String> {
+        let missing: Vec<&str> = self.created.difference(found).map(String::as_str).collect();
+        let unknown: Vec<&str> = found
+            .iter()
+            .filter(|c| !self.created.contains(*c) && !self.added.contains(*c))
+            .map(String::as_str)
+            .collect();
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            parts.push(format!("missing columns {}", missing.join(", ")));
+        }
+        if !unknown.is_empty() {
+            parts.push(format!("unknown columns {}", unknown.join(", ")));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// The columns of each of hedge's tables under `tables`, read from the migrations themselves
+/// (the column lines of each `CREATE TABLE`, and each `ADD COLUMN`).
+pub fn table_columns(tables: &TableNames) -> Vec<TableColumns> {
+    let roles = [
+        ("locks", &tables.locks),
+        ("members", &tables.members),
+        ("schema", &tables.schema),
+    ];
+    let mut out: Vec<TableColumns> = roles
+        .iter()
+        .map(|(role, table)| TableColumns {
+            role,
+            table: (*table).clone(),
+            created: Default::default(),
+            added: Default::default(),
+        })
+        .collect();
+    for item in migrations(tables).into_iter().flat_map(|m| m.items) {
+        let Some(entry) = out.iter_mut().find(|t| t.table == item.table) else {
+            continue;
+        };
+        match item.column {
+            Some(column) => {
+                entry.added.insert(column.to_ascii_lowercase());
+            }
+            // One column per line between `CREATE TABLE name (` and `) PRIMARY KEY`.
+            None => entry.created.extend(
+                item.statement
+                    .lines()
+                    .skip(1)
+                    .take_while(|l| !l.trim_start().starts_with(')'))
+                    .filter_map(|l| l.split_whitespace().next())
+                    .map(str::to_ascii_lowercase),
+            ),
+        }
+    }
+    out
+}
+
 /// The full DDL of the newest version, in order: what a fresh database receives.
 pub fn ddl(tables: &TableNames) -> Vec<String> {
     migrations(tables)
@@ -201,7 +289,7 @@ mod provision {
     use google_cloud_spanner::statement::Statement;
     use google_cloud_spanner::transaction::ReadWriteTransaction;
 
-    use super::{SCHEMA_VERSION, SchemaError, TableNames, migrations};
+    use super::{SCHEMA_VERSION, SchemaError, TableNames, migrations, table_columns};
     use crate::config::DatabasePath;
     use crate::store::StoreError;
     use crate::store::spanner::{
@@ -275,6 +363,7 @@ mod provision {
     ) -> Result<SchemaReport, SchemaError> {
         let conn = conn.clone();
         let existing = Existing::read(&conn, tables).await?;
+        existing.check_ours(tables)?;
         let version_before = if existing.has_table(&tables.schema) {
             read_version(&conn, tables).await?
         } else {
@@ -324,6 +413,7 @@ mod provision {
             .await
             .map_err(spanner_error("connecting"))?;
         let existing = Existing::read(&conn, tables).await?;
+        existing.check_ours(tables)?;
         let mut statements: Vec<String> = [&tables.members, &tables.locks]
             .into_iter()
             .filter(|t| existing.has_table(t))
@@ -429,6 +519,31 @@ mod provision {
         fn has_column(&self, table: &str, column: &str) -> bool {
             self.columns
                 .contains(&(table.to_ascii_lowercase(), column.to_ascii_lowercase()))
+        }
+
+        /// Refuses a table of the set that exists with columns other than hedge's for its role:
+        /// hedge never alters, writes to or drops a table it did not make.
+        fn check_ours(&self, tables: &TableNames) -> Result<(), SchemaError> {
+            for expected in table_columns(tables) {
+                let name = expected.table.to_ascii_lowercase();
+                let found: BTreeSet<String> = self
+                    .columns
+                    .iter()
+                    .filter(|(t, _)| *t == name)
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                if found.is_empty() {
+                    continue;
+                }
+                if let Some(differs) = expected.differs(&found) {
+                    return Err(SchemaError::ForeignTable {
+                        table: expected.table.clone(),
+                        role: expected.role,
+                        differs,
+                    });
+                }
+            }
+            Ok(())
         }
     }
 
@@ -552,6 +667,45 @@ mod provision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_tables_columns_come_from_the_migrations_and_a_foreign_table_is_told_apart() {
+        let columns = table_columns(&TableNames::default());
+        let locks = columns.iter().find(|t| t.role == "locks").unwrap();
+        let set = |cs: &[&str]| cs.iter().map(|c| (*c).to_owned()).collect();
+        assert_eq!(
+            locks.created,
+            set(&[
+                "group_name",
+                "lock_name",
+                "holder",
+                "token",
+                "lease_us",
+                "heartbeat",
+                "granted_at"
+            ])
+        );
+        assert_eq!(locks.added, set(&["holder_incarnation"]));
+        assert_eq!(
+            locks.differs(&locks.created),
+            None,
+            "a version 1 table is hedge's"
+        );
+        let members = columns.iter().find(|t| t.role == "members").unwrap();
+        let differs = locks
+            .differs(&members.created.union(&members.added).cloned().collect())
+            .unwrap();
+        assert!(
+            differs.contains("missing columns granted_at, holder, lease_us, lock_name, token"),
+            "{differs}"
+        );
+        assert!(
+            differs.contains("unknown columns address, incarnation, joined_at, member_id, ttl_us"),
+            "{differs}"
+        );
+        let schema = columns.iter().find(|t| t.role == "schema").unwrap();
+        assert_eq!(schema.created, set(&["table_set", "version", "updated_at"]));
+    }
 
     #[test]
     fn default_names_are_valid_and_versions_are_ordered() {

@@ -210,6 +210,109 @@ mod tests {
         assert_eq!(missing_table("Column not found", &ctx), None);
     }
 
+    fn classify(code: Code, message: &str) -> StoreError {
+        let options = SpannerOptions::default();
+        let tables = TableNames::default();
+        let ctx = ErrorContext::new(
+            "projects/p/instances/i/databases/d",
+            &options,
+            Some("hedge_locks"),
+        )
+        .with_tables(&tables);
+        let status = google_cloud_gax::error::rpc::Status::default()
+            .set_code(code)
+            .set_message(message);
+        map_error(
+            &ctx,
+            "renewing a lock",
+            google_cloud_spanner::Error::service(status),
+        )
+    }
+
+    #[test]
+    fn errors_are_classified_by_what_retrying_can_fix() {
+        let cases = [
+            (
+                Code::NotFound,
+                "Table not found: hedge_locks",
+                "MissingTable",
+                false,
+            ),
+            (
+                Code::InvalidArgument,
+                "Column not found: holder_incarnation",
+                "SchemaMismatch",
+                false,
+            ),
+            (
+                Code::NotFound,
+                "Database not found: projects/p/instances/i/databases/d",
+                "DatabaseNotFound",
+                false,
+            ),
+            (
+                Code::NotFound,
+                "Instance not found: projects/p/instances/i",
+                "DatabaseNotFound",
+                false,
+            ),
+            (
+                Code::InvalidArgument,
+                "Syntax error: Unexpected keyword ORDER",
+                "InvalidRequest",
+                false,
+            ),
+            (
+                Code::Unimplemented,
+                "not supported",
+                "InvalidRequest",
+                false,
+            ),
+            (
+                Code::PermissionDenied,
+                "caller lacks spanner.sessions.create",
+                "PermissionDenied",
+                true,
+            ),
+            (
+                Code::Unauthenticated,
+                "invalid token",
+                "PermissionDenied",
+                true,
+            ),
+            (Code::Unavailable, "connection reset", "Unavailable", true),
+            (Code::DeadlineExceeded, "deadline", "Unavailable", true),
+            (
+                Code::Aborted,
+                "Transaction was aborted",
+                "Unavailable",
+                true,
+            ),
+            (Code::ResourceExhausted, "quota", "Unavailable", true),
+            (Code::Internal, "RST_STREAM", "Unavailable", true),
+            // The emulator forgets a transaction of a busy session: not a schema problem.
+            (Code::NotFound, "Transaction not found: 12", "Backend", true),
+            (
+                Code::FailedPrecondition,
+                "Invalid transaction ID",
+                "Backend",
+                true,
+            ),
+        ];
+        for (code, message, reason, transient) in cases {
+            let e = classify(code, message);
+            assert_eq!(
+                (e.reason(), e.is_transient()),
+                (reason, transient),
+                "{code:?} {message:?}: {e}"
+            );
+        }
+        let denied = classify(Code::PermissionDenied, "denied").to_string();
+        assert!(denied.contains(MEMBER_ROLE), "{denied}");
+        let old = classify(Code::InvalidArgument, "Column not found: x").to_string();
+        assert!(old.contains("schema apply"), "{old}");
+    }
+
     #[test]
     fn schema_objects_are_recognised() {
         assert!(is_schema_object_missing(

@@ -39,7 +39,8 @@
 //! * [`options`]: how to reach Spanner; `connection.rs`: the client, deadlines, queries;
 //!   `errors.rs`: Spanner's errors classified by what retrying can fix;
 //! * `locks.rs`: acquire, renew, release (one transaction each, written once);
-//!   `members.rs`: the member rows; `rows.rs`: column decoding.
+//!   `members.rs`: the member rows; `rows.rs`: column decoding; `status.rs`: the operator's
+//!   one-call read of a group.
 //!
 //! # Emulator
 //!
@@ -55,8 +56,10 @@ mod locks;
 mod members;
 mod options;
 mod rows;
+mod status;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -70,6 +73,7 @@ pub use errors::MEMBER_ROLE;
 pub(crate) use errors::{ErrorContext, map_error};
 pub use options::{ENV_EMULATOR_HOST, ENV_EMULATOR_REST, SpannerOptions};
 use rows::column;
+pub use status::GroupStatus;
 
 use super::lease::{AcquireOutcome, ReleaseOutcome, RenewOutcome};
 use super::{
@@ -92,6 +96,9 @@ pub struct SpannerStore {
     tables: TableNames,
     /// Serialises read-write transactions against an emulator (see the module docs).
     rw_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// How many times a read-write transaction body ran: more than the transactions when the
+    /// crate retried aborted ones.
+    attempts: Arc<AtomicU64>,
 }
 
 impl SpannerStore {
@@ -120,7 +127,15 @@ impl SpannerStore {
             conn,
             tables,
             rw_gate,
+            attempts: Arc::default(),
         })
+    }
+
+    /// How many times a read-write transaction's body has run on this store (and its clones):
+    /// every attempt counts, so the excess over the operations is the number of aborted
+    /// transactions the crate retried.
+    pub fn transaction_attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     /// The database this store uses.
@@ -238,10 +253,15 @@ impl SpannerStore {
 
     /// Runs `work` as one read-write transaction, bounded by the operation timeout. `work`
     /// returns `Ok(Err(_))` for a decision error (corrupt data): nothing is buffered then.
-    async fn read_write<T, F>(&self, op: &str, table: &str, work: F) -> StoreResult<T>
+    async fn read_write<T, F>(&self, op: &str, table: &str, mut work: F) -> StoreResult<T>
     where
         F: AsyncFnMut(ReadWriteTransaction) -> google_cloud_spanner::Result<StoreResult<T>>,
     {
+        let attempts = self.attempts.clone();
+        let work = async move |tx: ReadWriteTransaction| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            work(tx).await
+        };
         let timeout = self.conn.options.operation_timeout;
         let run = async {
             let _gate = match &self.rw_gate {
