@@ -48,6 +48,9 @@ pub enum BenchError {
     /// Serialising the report failed.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    /// A member could not be set up, or a scenario did not complete.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// What the benchmark prints with `--json`.
@@ -82,13 +85,13 @@ struct Report {
 
 /// Three member stores and ten candidate stores (separate clients on Spanner, as separate pods
 /// would have) and what keeps the emulator alive.
-struct Backend {
-    stores: Vec<Arc<dyn Store>>,
-    candidates: Vec<Arc<dyn Store>>,
+pub(crate) struct Backend {
+    pub(crate) stores: Vec<Arc<dyn Store>>,
+    pub(crate) candidates: Vec<Arc<dyn Store>>,
     _emulator: Option<hedge_tests::emulator::Emulator>,
 }
 
-async fn open(kind: BackendKind) -> Result<Backend, BenchError> {
+pub(crate) async fn open(kind: BackendKind) -> Result<Backend, BenchError> {
     match kind {
         BackendKind::Memory => {
             let store = MemoryStore::new();
@@ -156,21 +159,15 @@ pub async fn run(args: Args) -> Result<(), BenchError> {
         progress(args.json, "crash failover", trial, args.trials);
     }
 
+    // Graceful handover between two full members with the peer transport: the leader shuts
+    // down, releases, and tells the other member, whose election tries at once (no poll wait).
     let mut handover = Vec::new();
     for trial in 0..args.trials {
-        let key = LockKey::new("bench", format!("handover-{trial}"));
-        let mut members = start(&backend, &key, timings, 2)?;
-        let leader = wait_for_leader(&members, bound, trial).await?;
-        // Let the candidate settle into its polling, as a long-running candidate would be.
-        tokio::time::sleep(timings.poll_interval).await;
-        let released_at = Instant::now();
-        let (released, guard) = members.remove(leader);
-        // A failed release just shows up as a longer handover (the lease expires instead).
-        let _ = guard.shutdown().await;
-        wait_for_leader(&members, bound, trial).await?;
-        handover.push(ms(released_at.elapsed()));
-        margin_violations += released.margin_violations();
-        margin_violations += stop(members).await;
+        let stores = [backend.stores[0].clone(), backend.stores[1].clone()];
+        let (elapsed, violations) =
+            crate::messaging::graceful_handover(stores, timings, trial, bound).await?;
+        handover.push(elapsed);
+        margin_violations += violations;
         progress(args.json, "graceful handover", trial, args.trials);
     }
 

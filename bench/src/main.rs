@@ -3,9 +3,11 @@
 //!
 //! `cargo run --release -p hedge-bench -- election --json` starts a Cloud Spanner emulator (through
 //! the test harness), runs crash-failover and graceful-handover trials, measures `is_leader()`, and
-//! prints the figures.
+//! prints the figures. `cargo run --release -p hedge-bench -- messaging --json` measures sends,
+//! broadcasts and joins between members on loopback.
 
 mod election;
+mod messaging;
 mod stats;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -22,6 +24,8 @@ struct Cli {
 enum Scenario {
     /// Leader election: crash failover, graceful handover, the cost of `is_leader()`.
     Election(election::Args),
+    /// Messaging: send round trip and throughput, broadcast latency, join visibility.
+    Messaging(messaging::Args),
 }
 
 /// Which store the benchmark runs on.
@@ -44,6 +48,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let result = match Cli::parse().scenario {
         Scenario::Election(args) => election::run(args).await,
+        Scenario::Messaging(args) => messaging::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -48,24 +48,35 @@
 pub mod config;
 pub mod election;
 pub mod membership;
+pub mod messaging;
 pub mod metrics;
 pub mod names;
+pub mod peer;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 pub use config::{Config, ConfigError, ElectionTimings, MembershipTimings};
 pub use election::{
     Election, ElectionError, ElectionGuard, LeaderInfo, LeadershipEvent, LostReason, Term,
 };
+pub use membership::{LeaveReason, Member, MembershipEvent};
+pub use messaging::{
+    BroadcastOptions, BroadcastReply, HandlerError, HandlerResult, Message, MessageHandler,
+    MessagingError, PeerStream, Reply, SendOptions, StreamHandler, StreamReceiver, StreamSender,
+    StreamSession,
+};
 pub use metrics::Metrics;
 pub use names::{DatabasePath, TableNames};
+pub use peer::{GroupSecret, PeerError, PeerOptions, ServerLimits, TlsConfig};
 pub use store::{Candidate, LockKey, MemberRecord, MemoryStore, Store, StoreError};
 
 /// Errors of the [`Hedge`] handle.
@@ -86,6 +97,15 @@ pub enum HedgeError {
     /// The election stopped on an error retrying cannot fix.
     #[error(transparent)]
     Election(#[from] ElectionError),
+    /// The peer transport could not start.
+    #[error(transparent)]
+    Peer(Arc<PeerError>),
+}
+
+impl From<PeerError> for HedgeError {
+    fn from(e: PeerError) -> Self {
+        HedgeError::Peer(Arc::new(e))
+    }
 }
 
 /// Builds a [`Hedge`].
@@ -98,6 +118,8 @@ pub struct HedgeBuilder {
     metrics: Arc<Metrics>,
     #[cfg(feature = "spanner")]
     spanner_options: store::spanner::SpannerOptions,
+    peer: Option<PeerOptions>,
+    handlers: messaging::Handlers,
 }
 
 impl HedgeBuilder {
@@ -110,7 +132,40 @@ impl HedgeBuilder {
             metrics: Metrics::new(),
             #[cfg(feature = "spanner")]
             spanner_options: store::spanner::SpannerOptions::default(),
+            peer: None,
+            handlers: messaging::Handlers::default(),
         }
+    }
+
+    /// Turns on the peer transport (messaging and pushed membership) with these options.
+    pub fn peer(mut self, options: PeerOptions) -> Self {
+        self.peer = Some(options);
+        self
+    }
+
+    /// The handler of [`Hedge::send`] messages; it runs only on the leader, under its term.
+    pub fn on_send(mut self, handler: impl MessageHandler) -> Self {
+        self.handlers.send = Some(Arc::new(handler));
+        self
+    }
+
+    /// The handler of [`Hedge::broadcast`] messages; it runs on every member.
+    pub fn on_broadcast(mut self, handler: impl MessageHandler) -> Self {
+        self.handlers.broadcast = Some(Arc::new(handler));
+        self
+    }
+
+    /// The handler of streams opened with [`Hedge::stream_to_leader`]; it runs only on the
+    /// leader, and the stream is closed when the term ends.
+    pub fn on_leader_stream(mut self, handler: impl StreamHandler) -> Self {
+        self.handlers.leader_stream = Some(Arc::new(handler));
+        self
+    }
+
+    /// The handler of streams opened with [`Hedge::stream_broadcast`]; it runs on every member.
+    pub fn on_broadcast_stream(mut self, handler: impl StreamHandler) -> Self {
+        self.handlers.broadcast_stream = Some(Arc::new(handler));
+        self
     }
 
     /// Uses this store (a [`MemoryStore`] shared by clones, or any [`Store`]).
@@ -182,8 +237,8 @@ impl HedgeBuilder {
         self
     }
 
-    /// Validates the configuration and connects to the store.
-    pub async fn build(self) -> Result<Hedge, HedgeError> {
+    /// Validates the configuration, connects to the store, and binds the peer port.
+    pub async fn build(mut self) -> Result<Hedge, HedgeError> {
         self.config.validate()?;
         let store = match (self.store, &self.config.database) {
             (Some(store), _) => store,
@@ -210,12 +265,61 @@ impl HedgeBuilder {
             self.config.election,
             self.metrics.clone(),
         )?;
+        let mut transport = None;
+        let mut peers = None;
+        let mut max_body_bytes = ServerLimits::default().max_body_bytes;
+        if let Some(mut options) = self.peer {
+            if options.advertise.is_none() {
+                options.advertise = self.config.address.clone();
+            }
+            let (tls_server, tls_client) = match &options.tls {
+                Some(tls) => {
+                    let (s, c) = tls.load()?;
+                    (Some(s), Some(c))
+                }
+                None => (None, None),
+            };
+            let server = peer::PeerServer::bind(options.listen, tls_server, options.limits).await?;
+            self.config.address = Some(options.advertised_address(server.local_addr())?);
+            let auth = peer::Authenticator::new(
+                self.config.group.clone(),
+                self.config.member_id.clone(),
+                &options.secret,
+            );
+            max_body_bytes = options.limits.max_body_bytes;
+            peers = Some(peer::PeerClient::new(
+                auth.clone(),
+                tls_client,
+                max_body_bytes,
+                options.limits.keep_alive,
+            ));
+            transport = Some((server, auth));
+        }
+        let me = Member {
+            id: self.config.member_id.clone(),
+            incarnation: candidate.incarnation.clone(),
+            address: self.config.address.clone(),
+        };
+        let view = Arc::new(membership::MemberView::new(self.config.membership.ttl));
+        view.join(me.clone());
+        let node = Arc::new(messaging::Node::new(
+            self.config.group.clone(),
+            me,
+            election.clone(),
+            view,
+            peers,
+            self.handlers,
+            max_body_bytes,
+            self.metrics.clone(),
+        ));
         Ok(Hedge {
             inner: Arc::new(Inner {
                 config: self.config,
                 store,
                 candidate,
                 election,
+                node,
+                transport: Mutex::new(transport),
                 locks: Mutex::default(),
                 metrics: self.metrics,
             }),
@@ -236,6 +340,9 @@ struct Inner {
     /// This member's id and the incarnation of this process.
     candidate: Candidate,
     election: Election,
+    node: Arc<messaging::Node>,
+    /// The bound peer server, until `run` starts serving it.
+    transport: Mutex<Option<(peer::PeerServer, peer::Authenticator)>>,
     /// The other named locks handed out, so that one name always gives the same election.
     locks: Mutex<HashMap<String, Election>>,
     metrics: Arc<Metrics>,
@@ -249,8 +356,18 @@ impl Hedge {
 
     /// A member configured from the environment the operator sets up (the group's ConfigMap
     /// and Secret, and the downward API), on Spanner.
+    ///
+    /// The peer transport is on when a group secret is configured (`HEDGE_GROUP_SECRET` or
+    /// `HEDGE_GROUP_SECRET_FILE`, see [`PeerOptions::from_vars`]).
     pub async fn from_env() -> Result<Self, HedgeError> {
-        HedgeBuilder::from_config(Config::from_env()?).build().await
+        let get = |name: &str| std::env::var(name).ok();
+        let mut builder = HedgeBuilder::from_config(Config::from_env()?);
+        if get(peer::auth::ENV_GROUP_SECRET).is_some()
+            || get(peer::auth::ENV_GROUP_SECRET_FILE).is_some()
+        {
+            builder = builder.peer(PeerOptions::from_vars(get)?);
+        }
+        builder.build().await
     }
 
     /// The configuration.
@@ -356,32 +473,146 @@ impl Hedge {
         self.inner.election.events()
     }
 
-    /// The group's live members, read from the store.
-    pub async fn members(&self) -> Result<Vec<MemberRecord>, HedgeError> {
+    /// This process's incarnation (fresh for every start).
+    pub fn incarnation(&self) -> &str {
+        &self.inner.node.me.incarnation
+    }
+
+    /// The address other members reach this one at, when the peer transport is on.
+    pub fn peer_address(&self) -> Option<&str> {
+        self.inner.config.address.as_deref()
+    }
+
+    /// The group's members as this member knows them (a cached view, no I/O; this member
+    /// included), ordered by id.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.node.view.members().to_vec()
+    }
+
+    /// The cached member view as a watch channel.
+    pub fn watch_members(&self) -> watch::Receiver<Arc<Vec<Member>>> {
+        self.inner.node.view.watch()
+    }
+
+    /// Every membership change from now on: who joined, who left and why.
+    pub fn membership(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.inner.node.view.events()
+    }
+
+    /// The group's live members, read from the store now.
+    pub async fn members_from_store(&self) -> Result<Vec<MemberRecord>, HedgeError> {
         Ok(self.inner.store.list_members(self.group()).await?)
     }
 
-    /// Runs the member (election and membership heartbeats) until `shutdown` is cancelled, then
-    /// releases the lock and leaves the group.
+    /// Sends `message` to the leader's send handler and returns its reply (see
+    /// [`messaging`] for the delivery rules).
+    pub async fn send(&self, message: impl Into<Bytes>) -> Result<Bytes, MessagingError> {
+        Ok(self
+            .send_with(message, SendOptions::default())
+            .await?
+            .payload)
+    }
+
+    /// Sends with options; the reply names the leader and its token.
+    pub async fn send_with(
+        &self,
+        message: impl Into<Bytes>,
+        options: SendOptions,
+    ) -> Result<Reply, MessagingError> {
+        self.inner.node.send(message.into(), options).await
+    }
+
+    /// Delivers `message` to every member's broadcast handler (see [`BroadcastOptions`]) and
+    /// returns every reply or error by member id.
+    pub async fn broadcast(
+        &self,
+        message: impl Into<Bytes>,
+        options: BroadcastOptions,
+    ) -> BTreeMap<String, Result<Bytes, MessagingError>> {
+        self.inner.node.broadcast(message.into(), options).await
+    }
+
+    /// Like [`Hedge::broadcast`], yielding each member's result as it arrives.
+    pub fn broadcast_stream(
+        &self,
+        message: impl Into<Bytes>,
+        options: BroadcastOptions,
+    ) -> impl futures::Stream<Item = BroadcastReply> + Send + 'static {
+        self.inner.node.broadcast_stream(message.into(), options)
+    }
+
+    /// Opens a bidirectional stream to the leader's stream handler, waiting (at most the
+    /// default send timeout) for a leader.
+    pub async fn stream_to_leader(&self) -> Result<PeerStream, MessagingError> {
+        self.inner
+            .node
+            .stream_to_leader(messaging::DEFAULT_SEND_TIMEOUT)
+            .await
+    }
+
+    /// Opens a bidirectional stream to every member's broadcast stream handler.
+    pub async fn stream_broadcast(
+        &self,
+        options: BroadcastOptions,
+    ) -> BTreeMap<String, Result<PeerStream, MessagingError>> {
+        self.inner.node.stream_broadcast(options).await
+    }
+
+    /// Runs the member (peer server, election, membership heartbeats and view) until
+    /// `shutdown` is cancelled, then releases the lock, tells the members, leaves the group, and
+    /// stops the peer server (in-flight requests get the shutdown grace to finish).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), HedgeError> {
         let config = &self.inner.config;
+        let node = self.inner.node.clone();
         let heartbeat = store::MemberHeartbeat {
             id: config.member_id.clone(),
             incarnation: self.inner.candidate.incarnation.clone(),
             address: config.address.clone(),
             ttl: config.membership.ttl,
         };
+        let transport = self
+            .inner
+            .transport
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let server_stop = CancellationToken::new();
+        // If this future is dropped (the task aborted: a crash), the server dies with it,
+        // abruptly, as the process would.
+        let mut server = AbortOnDrop(transport.map(|(server, auth)| {
+            tokio::spawn(server.serve(node.router(), auth, server_stop.clone()))
+        }));
         let stop = shutdown.child_token();
-        let members = membership::run_heartbeats(
+        let members = membership::run_member(
             self.inner.store.clone(),
             config.group.clone(),
             heartbeat,
             config.membership,
+            Some(node.clone()),
             stop.clone(),
         );
-        let election = self.inner.election.run(stop.clone());
+        let events = self.inner.election.events();
+        let election_done = CancellationToken::new();
+        // The election stops after the member's sends in flight have drained (a graceful
+        // handover cuts no handler off), or at once when the membership loop failed.
+        let election_stop = CancellationToken::new();
+        let drain = {
+            let (node, stop, election_stop) = (node.clone(), stop.clone(), election_stop.clone());
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = election_stop.cancelled() => return,
+                }
+                // Asked to stop (not stopping because the membership loop failed).
+                if shutdown.is_cancelled() {
+                    node.drain(DRAIN_TIMEOUT).await;
+                }
+                election_stop.cancel();
+            }
+        };
+        let election = self.inner.election.run(election_stop.clone());
         // Either loop failing for good stops the other: a member is all or nothing.
-        let (members, election) = tokio::join!(
+        let (members, election, (), ()) = tokio::join!(
             async {
                 let r = members.await;
                 stop.cancel();
@@ -390,9 +621,18 @@ impl Hedge {
             async {
                 let r = election.await;
                 stop.cancel();
+                election_done.cancel();
                 r
-            }
+            },
+            announce_leadership(node.clone(), events, election_done.clone()),
+            drain,
         );
+        server_stop.cancel();
+        if let Some(server) = server.0.take()
+            && let Err(e) = server.await
+        {
+            debug!(error = %e, "the peer server task ended abnormally");
+        }
         election?;
         members?;
         Ok(())
@@ -409,6 +649,76 @@ impl Hedge {
         }
     }
 }
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(Option<JoinHandle<T>>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Pushes this member's elections and releases to the others (fast handover). A release is
+/// announced once the store confirmed it, so a nudged candidate finds the lock free.
+async fn announce_leadership(
+    node: Arc<messaging::Node>,
+    mut events: broadcast::Receiver<LeadershipEvent>,
+    election_done: CancellationToken,
+) {
+    let mut released = node.election.released();
+    let announce_release = |token: u64| {
+        let node = node.clone();
+        async move {
+            let release = messaging::announce::Announcement::Released {
+                id: node.me.id.clone(),
+                token,
+            };
+            node.announce(release, ANNOUNCE_TIMEOUT).await;
+        }
+    };
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(LeadershipEvent::Elected { token, .. }) => {
+                    let node = node.clone();
+                    // On its own task: announcing must not hold up the next event.
+                    tokio::spawn(async move {
+                        let elected = messaging::announce::Announcement::Elected {
+                            id: node.me.id.clone(),
+                            token,
+                            address: node.me.address.clone(),
+                        };
+                        node.announce(elected, ANNOUNCE_TIMEOUT).await;
+                    });
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            changed = released.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let token = *released.borrow_and_update();
+                announce_release(token).await;
+            }
+            () = election_done.cancelled() => break,
+        }
+    }
+    // The release on shutdown is stored just before the loop ends.
+    if released.has_changed().unwrap_or(false) {
+        let token = *released.borrow_and_update();
+        announce_release(token).await;
+    }
+}
+
+/// How long a stopping leader waits for its sends in flight before it releases its term.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long an announcement to the other members may take at most.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A running member. Dropping it stops the member, which releases the lock and leaves the group.
 ///

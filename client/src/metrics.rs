@@ -14,6 +14,10 @@
 //! | `hedge_margin_violations_total` | counter: the store said `Expired` while the local deadline was ahead | group, lock |
 //! | `hedge_store_operation_seconds` | histogram | group, operation |
 //! | `hedge_store_errors_total` | counter | group, operation, kind ([`crate::StoreError::reason`]) |
+//! | `hedge_message_seconds` | histogram of successful sends (to the leader) and broadcast deliveries | group, operation (`send`, `broadcast`) |
+//! | `hedge_message_errors_total` | counter | group, operation, kind ([`crate::MessagingError::kind`]) |
+//! | `hedge_send_reroutes_total` | counter: attempts of a send re-routed because no handler could have run | group |
+//! | `hedge_members` | gauge: members in this member's view | group |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +80,38 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of a messaging operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// The group.
+    pub group: String,
+    /// `send` or `broadcast`.
+    pub operation: &'static str,
+}
+
+/// Labels of a messaging error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageErrorLabels {
+    /// The group.
+    pub group: String,
+    /// `send` or `broadcast`.
+    pub operation: &'static str,
+    /// [`crate::MessagingError::kind`].
+    pub kind: &'static str,
+}
+
+/// Labels of a group-wide metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// The group.
+    pub group: String,
+}
+
+fn message_histogram() -> Histogram {
+    // 50 µs to ~26 s.
+    Histogram::new(exponential_buckets(50e-6, 2.0, 20))
+}
+
 fn operation_histogram() -> Histogram {
     // 0.5 ms to ~8 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 15))
@@ -98,6 +134,14 @@ pub struct Metrics {
     pub store_seconds: Family<OperationLabels, Histogram, fn() -> Histogram>,
     /// Store operation errors by kind.
     pub store_errors: Family<ErrorLabels, Counter>,
+    /// Latency of successful sends and broadcast deliveries.
+    pub message_seconds: Family<MessageLabels, Histogram, fn() -> Histogram>,
+    /// Failed sends and broadcast deliveries by kind.
+    pub message_errors: Family<MessageErrorLabels, Counter>,
+    /// Send attempts re-routed (not leader, not reachable) before delivery or failure.
+    pub send_reroutes: Family<GroupLabels, Counter>,
+    /// Members in this member's view.
+    pub members: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -110,6 +154,10 @@ impl Default for Metrics {
             margin_violations: Family::default(),
             store_seconds: Family::new_with_constructor(operation_histogram),
             store_errors: Family::default(),
+            message_seconds: Family::new_with_constructor(message_histogram),
+            message_errors: Family::default(),
+            send_reroutes: Family::default(),
+            members: Family::default(),
         }
     }
 }
@@ -159,6 +207,54 @@ impl Metrics {
             "Store operation errors, by kind",
             self.store_errors.clone(),
         );
+        r.register(
+            "message_seconds",
+            "Latency of successful sends to the leader and broadcast deliveries",
+            self.message_seconds.clone(),
+        );
+        r.register(
+            "message_errors",
+            "Failed sends and broadcast deliveries, by kind",
+            self.message_errors.clone(),
+        );
+        r.register(
+            "send_reroutes",
+            "Send attempts re-routed because no handler could have run (not leader, unreachable)",
+            self.send_reroutes.clone(),
+        );
+        r.register(
+            "members",
+            "Members in this member's view",
+            self.members.clone(),
+        );
+    }
+
+    /// Records one send or broadcast delivery of `group` that took `elapsed`, or its error.
+    pub fn observe_message(
+        &self,
+        group: &str,
+        operation: &'static str,
+        elapsed: Duration,
+        error: Option<&crate::MessagingError>,
+    ) {
+        match error {
+            None => self
+                .message_seconds
+                .get_or_create(&MessageLabels {
+                    group: group.to_owned(),
+                    operation,
+                })
+                .observe(elapsed.as_secs_f64()),
+            Some(e) => {
+                self.message_errors
+                    .get_or_create(&MessageErrorLabels {
+                        group: group.to_owned(),
+                        operation,
+                        kind: e.kind(),
+                    })
+                    .inc();
+            }
+        }
     }
 
     /// Records one store operation of `group` that took `elapsed`, and its error if it failed.
@@ -209,8 +305,28 @@ mod tests {
             Duration::from_millis(3),
             Some(&crate::StoreError::Timeout(Duration::from_secs(1))),
         );
+        metrics.observe_message(
+            "g",
+            "send",
+            Duration::from_millis(1),
+            Some(&crate::MessagingError::NoLeader {
+                waited: Duration::from_secs(1),
+                last: None,
+            }),
+        );
+        metrics
+            .members
+            .get_or_create(&GroupLabels { group: "g".into() })
+            .set(3);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(
+                "hedge_message_errors_total{group=\"g\",operation=\"send\",kind=\"no_leader\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("hedge_members{group=\"g\"} 3"), "{text}");
         assert!(
             text.contains("hedge_is_leader{group=\"g\",lock=\"leader\"} 1"),
             "{text}"

@@ -144,7 +144,12 @@ async fn local(count: usize, lease: Duration) -> Result<(), DemoError> {
 }
 
 async fn hedge_member_ids(hedge: &Hedge) -> Result<Vec<String>, HedgeError> {
-    Ok(hedge.members().await?.into_iter().map(|m| m.id).collect())
+    Ok(hedge
+        .members_from_store()
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect())
 }
 
 /// Waits until one running member leads; returns its index and token.

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod emulator;
 pub mod faults;
 pub mod memory_backend;
+pub mod messaging;
 pub mod spanner_backend;
 pub mod timeline;
 

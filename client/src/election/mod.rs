@@ -121,6 +121,9 @@ struct Shared {
     events: broadcast::Sender<LeadershipEvent>,
     /// Wakes a waiting candidate at once (a peer said the lock was released).
     nudge: Notify,
+    /// The token of the last term whose release the store confirmed (0: none yet), so the
+    /// peers can be told the lock is free only once it is.
+    released: watch::Sender<u64>,
     /// Asks the holder to release its term...
     resign: Notify,
     /// ...the one with this token (a request for an ended term must not end the next one).
@@ -187,6 +190,7 @@ impl Election {
                 latest_event: watch::Sender::new(LeadershipEvent::Started),
                 events,
                 nudge: Notify::new(),
+                released: watch::Sender::new(0),
                 resign: Notify::new(),
                 resign_token: AtomicU64::new(0),
                 metrics,
@@ -333,6 +337,43 @@ impl Election {
     /// example when a peer says the leader released the lock).
     pub fn nudge(&self) {
         self.shared.nudge.notify_one();
+    }
+
+    /// The token of the last term this member released, once the store confirmed the release
+    /// (0 before any): a release announced from here is one a nudged candidate finds done.
+    pub(crate) fn released(&self) -> watch::Receiver<u64> {
+        self.shared.released.subscribe()
+    }
+
+    /// Records a leader learned from a peer (an election announcement, or a "not leader"
+    /// reply): [`Election::leader`] reports it unless this member already knows a newer one.
+    /// Only the known-leader view changes; the lock and this member's own term are untouched.
+    pub(crate) fn learn_leader(&self, leader: LeaderInfo) {
+        let newer = self
+            .shared
+            .state
+            .borrow()
+            .leader
+            .as_ref()
+            .is_none_or(|known| leader.token > known.token);
+        if newer {
+            self.shared.observe_leader(Some(leader));
+        }
+    }
+
+    /// Records that `id` released its term `token`, as the member announced: the known leader
+    /// is cleared if it is that term.
+    pub(crate) fn learn_release(&self, id: &str, token: u64) {
+        let released = self
+            .shared
+            .state
+            .borrow()
+            .leader
+            .as_ref()
+            .is_some_and(|known| known.id == id && known.token <= token);
+        if released {
+            self.shared.observe_leader(None);
+        }
     }
 
     /// Gives up the term this member leads, if any: the loop releases the lock at once (the

@@ -15,7 +15,9 @@ use super::claim::Claim;
 use super::{ElectionError, LeaderInfo, LeadershipEvent, LostReason, Shared, Status, TermState};
 use crate::metrics::{LossLabels, TransitionLabels};
 use crate::store::lease::LossCause;
-use crate::store::{AcquireOutcome, LockHolder, LockState, RenewOutcome, StoreError};
+use crate::store::{
+    AcquireOutcome, LockHolder, LockState, ReleaseOutcome, RenewOutcome, StoreError,
+};
 
 /// The longest a release may take before the loop gives up on it (the lease then expires by
 /// itself).
@@ -200,7 +202,7 @@ impl Shared {
 
     /// Records the leader seen in the store. An earlier incarnation of this member id is not
     /// reported as a leader: `LeaderChanged` never names this member while it does not lead.
-    fn observe_leader(&self, leader: Option<LeaderInfo>) {
+    pub(super) fn observe_leader(&self, leader: Option<LeaderInfo>) {
         let leader = leader.filter(|l| l.id != self.candidate.id || self.clock.token().is_some());
         let changed = self.state.send_if_modified(|view| {
             if view.leader == leader {
@@ -614,7 +616,10 @@ impl Shared {
         term.end(LostReason::Released, None);
         let release = self.store.release(&self.key, &self.candidate.id, token);
         match timeout(RELEASE_TIMEOUT, self.timed("release", release)).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(ReleaseOutcome::Released)) => {
+                self.released.send_replace(token);
+            }
+            Ok(Ok(ReleaseOutcome::NotHolder)) => {}
             Ok(Err(e)) => {
                 warn!(lock = %self.key, error = %e, "release failed; the lease will expire")
             }
