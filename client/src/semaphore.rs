@@ -635,14 +635,18 @@ impl Permit {
         };
         let outcome = task
             .await
-            .map_err(|e| SemaphoreError::Aborted(e.to_string()))??;
-        if self.state.lost.load(Ordering::Acquire) || outcome == ReleaseOutcome::NotHolder {
-            return Err(SemaphoreError::Lost {
-                key: self.state.key.clone(),
-                permit_id: self.state.permit_id.clone(),
-            });
+            .map_err(|e| SemaphoreError::Aborted(e.to_string()))?;
+        let lost = SemaphoreError::Lost {
+            key: self.state.key.clone(),
+            permit_id: self.state.permit_id.clone(),
+        };
+        if self.state.lost.load(Ordering::Acquire) {
+            return Err(lost);
         }
-        Ok(())
+        match outcome? {
+            ReleaseOutcome::Released => Ok(()),
+            ReleaseOutcome::NotHolder => Err(lost),
+        }
     }
 
     /// Stops renewing abruptly, as a crash would: nothing is released, and the permit stops

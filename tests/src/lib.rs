@@ -5,9 +5,11 @@
 //!   [`emulator::emulator_or_skip`], [`require_emulator!`]).
 
 pub mod conformance;
+pub mod conformance_storage;
 pub mod emulator;
 pub mod faults;
 pub mod memory_backend;
+pub mod permit_timeline;
 pub mod spanner_backend;
 pub mod timeline;
 
