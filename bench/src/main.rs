@@ -7,6 +7,7 @@
 
 mod election;
 mod stats;
+mod storage;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -22,6 +23,9 @@ struct Cli {
 enum Scenario {
     /// Leader election: crash failover, graceful handover, the cost of `is_leader()`.
     Election(election::Args),
+    /// The log and the semaphores: put and get against bare Spanner calls, semaphore cycles,
+    /// permit reclaim after a crash.
+    Storage(storage::Args),
 }
 
 /// Which store the benchmark runs on.
@@ -43,7 +47,8 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().scenario {
-        Scenario::Election(args) => election::run(args).await,
+        Scenario::Election(args) => election::run(args).await.map_err(|e| e.to_string()),
+        Scenario::Storage(args) => storage::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,528 @@
+//! The storage benchmark: the log's put and get against a bare Spanner write transaction and a
+//! bare strong read (same run, same emulator), with 1 and 16 concurrent clients; a semaphore's
+//! acquire + release cycle, uncontended and with 8 contenders; and how long a crashed holder's
+//! permit takes to reach a waiter.
+//!
+//! Every client is a Spanner client of its own (one `DatabaseClient`, one session), as separate
+//! pods would have.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use google_cloud_spanner::client::DatabaseClient;
+use google_cloud_spanner::mutation::Mutation;
+use google_cloud_spanner::statement::Statement;
+use google_cloud_spanner::transaction::{ReadWriteTransaction, TimestampBound};
+use hedge::semaphore::Waiters;
+use hedge::store::spanner::COMMIT_TIMESTAMP;
+use hedge::store::{Candidate, LockKey, SemaphoreKey, Store};
+use hedge::{
+    DatabasePath, Election, ElectionTimings, Log, PermitTimings, Semaphore, StorageOptions,
+    TableNames,
+};
+use hedge_tests::emulator::Emulator;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::stats::{Summary, summarize};
+
+/// Options of the storage benchmark.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// Operations per measurement with one client (and in total with 16 clients).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(16..=10_000))]
+    ops: u32,
+    /// Bytes per value written.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    value_bytes: u32,
+    /// Semaphore cycles per contender.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    cycles: u32,
+    /// Crashed-holder trials.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    reclaim_trials: u32,
+    /// The permit lease in milliseconds; the renewal and backoff scale from it.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    permit_lease_ms: u64,
+}
+
+/// The benchmark's errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageBenchError {
+    /// The emulator could not be started or used.
+    #[error("the Spanner emulator: {0}")]
+    Emulator(String),
+    /// A raw Spanner call failed.
+    #[error("a bare Spanner call failed: {0}")]
+    Spanner(#[from] google_cloud_spanner::Error),
+    /// The log failed.
+    #[error(transparent)]
+    Kv(#[from] hedge::KvError),
+    /// A semaphore failed.
+    #[error(transparent)]
+    Semaphore(#[from] hedge::SemaphoreError),
+    /// Invalid timings.
+    #[error(transparent)]
+    Election(#[from] hedge::ElectionError),
+    /// A task failed.
+    #[error("a benchmark task failed: {0}")]
+    Task(String),
+    /// A waiter never got the crashed holder's permit.
+    #[error("no waiter got the permit within {0:?}")]
+    NoReclaim(Duration),
+    /// Serialising the report failed.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Figures by number of concurrent clients.
+#[derive(Debug, Serialize)]
+struct ByClients {
+    #[serde(rename = "1")]
+    one: Option<Summary>,
+    #[serde(rename = "16")]
+    sixteen: Option<Summary>,
+}
+
+/// Semaphore cycles.
+#[derive(Debug, Serialize)]
+struct Cycles {
+    /// One member, nobody else.
+    uncontended: Option<Summary>,
+    /// Eight members, each a process of its own (woken by backoff or expiry only).
+    #[serde(rename = "8")]
+    eight: Option<Summary>,
+    /// Eight members in one process (woken at once by each other's releases).
+    #[serde(rename = "8_one_process")]
+    eight_one_process: Option<Summary>,
+}
+
+/// What the benchmark prints with `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    scenario: &'static str,
+    backend: &'static str,
+    value_bytes: u32,
+    put_ms: ByClients,
+    get_ms: ByClients,
+    bare_write_ms: Option<Summary>,
+    bare_read_ms: Option<Summary>,
+    bare_write_16_ms: Option<Summary>,
+    bare_read_16_ms: Option<Summary>,
+    put_over_bare_write_p50: Option<f64>,
+    get_over_bare_read_p50: Option<f64>,
+    semaphore_limit: u32,
+    semaphore_cycle_ms: Cycles,
+    permit_lease_ms: u128,
+    permit_renew_interval_ms: u128,
+    permit_max_backoff_ms: u128,
+    permit_reclaim_ms: Option<Summary>,
+}
+
+struct Bench {
+    emulator: Emulator,
+    db: DatabasePath,
+}
+
+impl Bench {
+    async fn store(&self) -> Result<Arc<dyn Store>, StorageBenchError> {
+        let store = self
+            .emulator
+            .store(&self.db)
+            .await
+            .map_err(|e| StorageBenchError::Emulator(e.to_string()))?;
+        Ok(Arc::new(store))
+    }
+
+    async fn raw(&self) -> Result<DatabaseClient, StorageBenchError> {
+        self.emulator
+            .database_client(&self.db)
+            .await
+            .map_err(|e| StorageBenchError::Emulator(e.to_string()))
+    }
+
+    async fn log(&self, member: &str) -> Result<Log, StorageBenchError> {
+        let store = self.store().await?;
+        let writer = Candidate::new(member);
+        let election = Election::new(
+            store.clone(),
+            LockKey::new("bench", LockKey::LEADER),
+            writer.clone(),
+            ElectionTimings::default(),
+        )?;
+        Ok(Log::new(
+            store,
+            election,
+            writer,
+            &StorageOptions::default(),
+        ))
+    }
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(args: Args) -> Result<(), StorageBenchError> {
+    let emulator = Emulator::start(false)
+        .await
+        .map_err(|e| StorageBenchError::Emulator(e.to_string()))?
+        .ok_or_else(|| {
+            StorageBenchError::Emulator("no emulator found (see the line above)".into())
+        })?;
+    let db = emulator
+        .create_database_with_schema(&TableNames::default())
+        .await
+        .map_err(|e| StorageBenchError::Emulator(e.to_string()))?;
+    let bench = Bench { emulator, db };
+    let value = vec![b'v'; usize::try_from(args.value_bytes).unwrap_or(100)];
+    let ops = args.ops;
+
+    // Warm up every path once (sessions, query plans).
+    let warm = bench.log("warm").await?;
+    warm.put("warm", value.clone()).await?;
+    warm.get("warm").await?;
+    let raw = bench.raw().await?;
+    bare_write(&raw, "warm", &value).await?;
+    bare_read(&raw, "warm").await?;
+
+    progress(args.json, "bare writes and reads, 1 client");
+    let bare_write_1 = sequential(ops, |i| {
+        let (raw, value) = (&raw, &value);
+        async move { bare_write(raw, &format!("w1-{i}"), value).await }
+    })
+    .await?;
+    let bare_read_1 = sequential(ops, |i| {
+        let raw = &raw;
+        async move { bare_read(raw, &format!("w1-{i}")).await }
+    })
+    .await?;
+
+    progress(args.json, "puts and gets, 1 client");
+    let log = bench.log("writer-0").await?;
+    let put_1 = sequential(ops, |i| {
+        let (log, value) = (&log, &value);
+        async move {
+            log.put(&format!("key-{}", i % 10), value.clone()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let get_1 = sequential(ops, |i| {
+        let log = &log;
+        async move {
+            log.get(&format!("key-{}", i % 10)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    progress(args.json, "16 clients");
+    let per_client = (ops / 16).max(1);
+    let mut raws = Vec::new();
+    let mut logs = Vec::new();
+    for c in 0..16 {
+        raws.push(Arc::new(bench.raw().await?));
+        logs.push(Arc::new(bench.log(&format!("writer-{c}")).await?));
+    }
+    let bare_write_16 = concurrent(&raws, per_client, {
+        let value = value.clone();
+        move |raw, c, i| {
+            let value = value.clone();
+            async move { bare_write(&raw, &format!("w16-{c}-{i}"), &value).await }
+        }
+    })
+    .await?;
+    let bare_read_16 = concurrent(&raws, per_client, |raw, c, i| async move {
+        bare_read(&raw, &format!("w16-{c}-{i}")).await
+    })
+    .await?;
+    let put_16 = concurrent(&logs, per_client, {
+        let value = value.clone();
+        move |log, c, _| {
+            let value = value.clone();
+            async move {
+                log.put(&format!("client-{c}"), value).await?;
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    let get_16 = concurrent(&logs, per_client, |log, c, _| async move {
+        log.get(&format!("client-{c}")).await?;
+        Ok(())
+    })
+    .await?;
+
+    let timings = PermitTimings::from_lease(Duration::from_millis(args.permit_lease_ms));
+    progress(args.json, "semaphore cycles");
+    let uncontended = cycles(&bench, "uncontended", 1, 3, args.cycles * 8, timings, false).await?;
+    let eight = cycles(&bench, "eight", 8, 3, args.cycles, timings, false).await?;
+    let eight_one_process =
+        cycles(&bench, "eight-shared", 8, 3, args.cycles, timings, true).await?;
+
+    progress(args.json, "crashed holders");
+    let mut reclaim = Vec::new();
+    for trial in 0..args.reclaim_trials {
+        reclaim.push(reclaim_after_crash(&bench, trial, timings).await?);
+    }
+
+    let ratio = |a: &Option<Summary>, b: &Option<Summary>| match (a, b) {
+        (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
+        _ => None,
+    };
+    let put_1 = summarize(&put_1);
+    let get_1 = summarize(&get_1);
+    let bare_write_1 = summarize(&bare_write_1);
+    let bare_read_1 = summarize(&bare_read_1);
+    let report = Report {
+        scenario: "storage",
+        backend: "spanner-emulator",
+        value_bytes: args.value_bytes,
+        put_over_bare_write_p50: ratio(&put_1, &bare_write_1),
+        get_over_bare_read_p50: ratio(&get_1, &bare_read_1),
+        put_ms: ByClients {
+            one: put_1,
+            sixteen: summarize(&put_16),
+        },
+        get_ms: ByClients {
+            one: get_1,
+            sixteen: summarize(&get_16),
+        },
+        bare_write_ms: bare_write_1,
+        bare_read_ms: bare_read_1,
+        bare_write_16_ms: summarize(&bare_write_16),
+        bare_read_16_ms: summarize(&bare_read_16),
+        semaphore_limit: 3,
+        semaphore_cycle_ms: Cycles {
+            uncontended: summarize(&uncontended),
+            eight: summarize(&eight),
+            eight_one_process: summarize(&eight_one_process),
+        },
+        permit_lease_ms: timings.lease.as_millis(),
+        permit_renew_interval_ms: timings.renew_interval.as_millis(),
+        permit_max_backoff_ms: timings.max_backoff.as_millis(),
+        permit_reclaim_ms: summarize(&reclaim),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn progress(json: bool, what: &str) {
+    if !json {
+        eprintln!("storage: {what}");
+    }
+}
+
+/// One plain write transaction: one row written with a mutation and the commit timestamp (the
+/// crate begins the transaction and commits it: two round trips, as a put's query and commit).
+async fn bare_write(
+    client: &DatabaseClient,
+    id: &str,
+    value: &[u8],
+) -> Result<(), StorageBenchError> {
+    let tables = TableNames::default();
+    let (id, address) = (id.to_owned(), String::from_utf8_lossy(value).into_owned());
+    client
+        .read_write_transaction()
+        .build()
+        .run(move |tx: ReadWriteTransaction| {
+            let (members, id, address) = (tables.members.clone(), id.clone(), address.clone());
+            async move {
+                tx.buffer([Mutation::new_insert_or_update_builder(members.as_str())
+                    .set("group_name")
+                    .to("bare")
+                    .set("member_id")
+                    .to(id.as_str())
+                    .set("address")
+                    .to(address.as_str())
+                    .set("ttl_us")
+                    .to(1_000_000i64)
+                    .set("heartbeat")
+                    .to(COMMIT_TIMESTAMP)
+                    .set("joined_at")
+                    .to(COMMIT_TIMESTAMP)
+                    .build()])
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+/// One strong single-use read of one row by its key.
+async fn bare_read(client: &DatabaseClient, id: &str) -> Result<(), StorageBenchError> {
+    let members = TableNames::default().members;
+    let mut rows = client
+        .single_use()
+        .set_timestamp_bound(TimestampBound::strong())
+        .build()
+        .execute_query(
+            Statement::builder(format!(
+                "SELECT member_id, address FROM {members} \
+                 WHERE group_name = @g AND member_id = @m"
+            ))
+            .add_param("g", "bare")
+            .add_param("m", id)
+            .build(),
+        )
+        .await?;
+    while rows.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
+/// Runs `op(i)` for i in 0..n one after another, and returns each one's latency.
+async fn sequential<F, Fut>(n: u32, mut op: F) -> Result<Vec<f64>, StorageBenchError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<(), StorageBenchError>>,
+{
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let started = Instant::now();
+        op(i).await?;
+        samples.push(ms(started.elapsed()));
+    }
+    Ok(samples)
+}
+
+/// Runs `per_client` operations on each client concurrently (each client's one after
+/// another), and returns every latency.
+async fn concurrent<C, F, Fut>(
+    clients: &[Arc<C>],
+    per_client: u32,
+    op: F,
+) -> Result<Vec<f64>, StorageBenchError>
+where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, usize, u32) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), StorageBenchError>> + Send,
+{
+    let mut tasks = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        let (client, op) = (client.clone(), op.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for i in 0..per_client {
+                let started = Instant::now();
+                op(client.clone(), c, i).await?;
+                samples.push(ms(started.elapsed()));
+            }
+            Ok::<_, StorageBenchError>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(
+            task.await
+                .map_err(|e| StorageBenchError::Task(e.to_string()))??,
+        );
+    }
+    Ok(all)
+}
+
+/// `members` members each run `cycles` acquire + release cycles on a semaphore of `limit`;
+/// returns each cycle's latency (from the acquire call to the release's commit).
+async fn cycles(
+    bench: &Bench,
+    name: &str,
+    members: usize,
+    limit: u32,
+    cycles: u32,
+    timings: PermitTimings,
+    one_process: bool,
+) -> Result<Vec<f64>, StorageBenchError> {
+    let shared = Waiters::default();
+    let mut tasks = Vec::new();
+    for m in 0..members {
+        let waiters = if one_process {
+            shared.clone()
+        } else {
+            Waiters::default()
+        };
+        let semaphore = Semaphore::define(
+            bench.store().await?,
+            SemaphoreKey::new("bench", name),
+            limit,
+            Candidate::new(format!("m{m}")),
+            timings,
+            waiters,
+        )
+        .await?;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for _ in 0..cycles {
+                let started = Instant::now();
+                let permit = semaphore.acquire().await?;
+                permit.release().await?;
+                samples.push(ms(started.elapsed()));
+            }
+            Ok::<_, StorageBenchError>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(
+            task.await
+                .map_err(|e| StorageBenchError::Task(e.to_string()))??,
+        );
+    }
+    Ok(all)
+}
+
+/// A holder crashes (its renewals stop, nothing is released) while a member of another
+/// process waits: the time from the crash until the waiter holds the permit.
+async fn reclaim_after_crash(
+    bench: &Bench,
+    trial: u32,
+    timings: PermitTimings,
+) -> Result<f64, StorageBenchError> {
+    let key = SemaphoreKey::new("bench", format!("reclaim-{trial}"));
+    let holder = Semaphore::define(
+        bench.store().await?,
+        key.clone(),
+        1,
+        Candidate::new("holder"),
+        timings,
+        Waiters::default(),
+    )
+    .await?;
+    let waiter = Semaphore::define(
+        bench.store().await?,
+        key,
+        1,
+        Candidate::new("waiter"),
+        timings,
+        Waiters::default(),
+    )
+    .await?;
+    let held = holder.acquire().await?;
+    let waiting = tokio::spawn(async move {
+        let permit = waiter.acquire().await?;
+        Ok::<_, hedge::SemaphoreError>((Instant::now(), permit))
+    });
+    // Crash at a random point of the renewal cycle, after a few renewals.
+    let offset = rand_offset(trial, timings.renew_interval);
+    tokio::time::sleep(timings.renew_interval * 2 + offset).await;
+    held.abort();
+    let crashed_at = Instant::now();
+    let bound = timings.lease * 3;
+    let (got_at, permit) = tokio::time::timeout(bound, waiting)
+        .await
+        .map_err(|_| StorageBenchError::NoReclaim(bound))?
+        .map_err(|e| StorageBenchError::Task(e.to_string()))??;
+    permit.release().await?;
+    Ok(ms(got_at - crashed_at))
+}
+
+/// A spread of offsets within one renew interval, different per trial.
+fn rand_offset(trial: u32, interval: Duration) -> Duration {
+    interval.mul_f64(f64::from(trial % 10) / 10.0)
+}
