@@ -1,20 +1,39 @@
-//! The log on Spanner: a put is **one** read-write transaction (one query, then one commit of
-//! at most three mutations); a read and a listing are one strong read each; a trim is one
+//! The log on Spanner: a put is **one** read-write transaction (one read, then one commit of at
+//! most three mutations); a read and a listing are one strong read each; a trim is one
 //! read-write transaction whose delete is a single range mutation, however many versions it
 //! drops.
 //!
-//! The put's query reads, in one statement, the transaction's time, the key row's `last_seq`,
-//! the version that carries the request id (if any) and, for a fenced put, the lock row with
-//! its age on Spanner's clock. Every value is a bound parameter: the request id and the lock
-//! name are bound as typed `NULL` when absent, so the joins match nothing. Reading the key row
-//! makes two puts to one key conflict, so Spanner serialises them and their sequence numbers
-//! follow commit order; reading the lock row makes a fenced put conflict with a grant of that
-//! lock, so a put fenced on a deposed term can never commit after the new term's grant.
+//! # The put's read
+//!
+//! A plain append reads only the key row's `last_seq`, by key (Spanner's Read API, no SQL), and
+//! leaves the request id to the unique index: an append whose request id already names a
+//! version of the key fails at commit with ALREADY_EXISTS, and only then is the original
+//! version looked up and returned. The common put thus costs one key lookup and one commit.
+//!
+//! A fenced put and an overwrite read, in one SQL statement, the key row's `last_seq`, the
+//! version that carries the request id and, for a fenced put, the lock row with its age on
+//! Spanner's clock (which only SQL can tell: `CURRENT_TIMESTAMP()`). Every value is a bound
+//! parameter: the request id and the lock name are bound as typed `NULL` when absent, so the
+//! joins match nothing. The request id is checked first, so that a retried fenced put that had
+//! committed gets its version back, and a retried overwrite does not delete versions written
+//! after it.
+//!
+//! Reading the key row makes two puts to one key conflict, so Spanner serialises them and their
+//! sequence numbers follow commit order; reading the lock row makes a fenced put conflict with
+//! a grant of that lock, so a put fenced on a deposed term can never commit after the new
+//! term's grant.
+//!
+//! # Reads
+//!
+//! The newest versions are a key-range read (versions are stored `seq DESC`, so the first rows
+//! of the key's range are the newest); the oldest version is one SQL query ordered the other
+//! way.
 
 use std::time::{Duration, SystemTime};
 
 use google_cloud_spanner::key::{Key, KeyRange, KeySet};
 use google_cloud_spanner::mutation::Mutation;
+use google_cloud_spanner::read::ReadRequest;
 use google_cloud_spanner::result::Row;
 use google_cloud_spanner::statement::Statement;
 use google_cloud_spanner::transaction::ReadWriteTransaction;
@@ -24,16 +43,25 @@ use google_cloud_spanner::value::Value;
 use super::rows::{column, corrupt, non_negative};
 use super::{COMMIT_TIMESTAMP, SpannerStore};
 use crate::names::TableNames;
+use crate::store::StoreResult;
 use crate::store::lease::ObservedLock;
 use crate::store::log_rules::{
-    self, LogEntry, LogOrder, LogQuery, PutDecision, PutObservation, PutOutcome, PutRequest,
-    Retention,
+    self, LogEntry, LogOrder, LogQuery, PutDecision, PutMode, PutObservation, PutOutcome,
+    PutRequest, Retention,
 };
-use crate::store::{StoreError, StoreResult};
 
-/// The columns of a version, in the order [`entry`] reads them.
-const ENTRY_COLUMNS: &str =
-    "log_key, seq, entry_id, value, writer, writer_incarnation, token, request_id, committed_at";
+/// The columns of a version.
+const ENTRY_COLUMNS: [&str; 9] = [
+    "log_key",
+    "seq",
+    "entry_id",
+    "value",
+    "writer",
+    "writer_incarnation",
+    "token",
+    "request_id",
+    "committed_at",
+];
 
 /// A stored `INT64` for a value hedge bounds to `i64::MAX` (sequence numbers, tokens).
 fn int64(value: u64) -> i64 {
@@ -69,8 +97,7 @@ fn put_query(tables: &TableNames) -> String {
         ..
     } = tables;
     format!(
-        "SELECT UNIX_MICROS(CURRENT_TIMESTAMP()) AS now_us, \
-         (SELECT last_seq FROM {log_keys} WHERE group_name = @g AND log_key = @k) AS last_seq, \
+        "SELECT (SELECT last_seq FROM {log_keys} WHERE group_name = @g AND log_key = @k) AS last_seq, \
          e.log_key AS e_log_key, e.seq AS e_seq, e.entry_id AS e_entry_id, e.value AS e_value, \
          e.writer AS e_writer, e.writer_incarnation AS e_writer_incarnation, \
          e.token AS e_token, e.request_id AS e_request_id, e.committed_at AS e_committed_at, \
@@ -128,34 +155,102 @@ impl SpannerStore {
     ) -> StoreResult<PutOutcome> {
         request.validate()?;
         let tables = self.tables.clone();
-        let group = group.to_owned();
-        let request = request.clone();
+        let (group_owned, request_owned) = (group.to_owned(), request.clone());
         let entry_id = uuid::Uuid::new_v4().to_string();
-        let (step, committed) = self
+        let written = self
             .read_write_committed(
                 "writing a log entry",
                 &self.tables.log,
                 move |tx: ReadWriteTransaction| {
                     let (tables, group, request, entry_id) = (
                         tables.clone(),
-                        group.clone(),
-                        request.clone(),
+                        group_owned.clone(),
+                        request_owned.clone(),
                         entry_id.clone(),
                     );
                     async move { put_step(&tx, &tables, &group, &request, &entry_id).await }
                 },
             )
-            .await?;
-        Ok(match step {
-            PutStep::Done(outcome) => outcome,
-            PutStep::Written { mut entry, now_us } => {
-                // Spanner reports the commit timestamp of every commit that wrote; the
-                // statement's time (a moment before the commit) stands in otherwise.
-                entry.committed_at = committed
-                    .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_micros(now_us));
-                PutOutcome::Written(entry)
+            .await;
+        let (step, committed) = match written {
+            // The unique index refused the request id: an earlier attempt wrote it.
+            Err(e) if super::errors::is_already_exists(&e) => {
+                let original = match &request.request_id {
+                    Some(id) => self.find_request(group, &request.key, id).await?,
+                    None => None,
+                };
+                return match original {
+                    Some(entry) => Ok(PutOutcome::Replayed(entry)),
+                    None => Err(e),
+                };
             }
-        })
+            other => other?,
+        };
+        match step {
+            PutStep::Done(outcome) => Ok(outcome),
+            PutStep::Written(mut entry) => {
+                match committed {
+                    Some(at) => entry.committed_at = at,
+                    // Spanner reports the timestamp of every commit that wrote; should it
+                    // not, the version itself says.
+                    None => {
+                        if let Some(stored) =
+                            self.read_version(group, &entry.key, entry.seq).await?
+                        {
+                            entry.committed_at = stored.committed_at;
+                        }
+                    }
+                }
+                Ok(PutOutcome::Written(entry))
+            }
+        }
+    }
+
+    /// The version of `key` that carries request id `request_id` (one strong query).
+    async fn find_request(
+        &self,
+        group: &str,
+        key: &str,
+        request_id: &str,
+    ) -> StoreResult<Option<LogEntry>> {
+        let log = &self.tables.log;
+        let columns = ENTRY_COLUMNS.join(", ");
+        let statement = Statement::builder(format!(
+            "SELECT {columns} FROM {log} \
+             WHERE group_name = @g AND log_key = @k AND request_id = @r"
+        ))
+        .add_param("g", group)
+        .add_param("k", key)
+        .add_param("r", request_id);
+        let where_ = format!("{group}/{key}");
+        let found = self
+            .query("looking up a request id", log, statement, |row| {
+                entry(row, log, &where_, "")
+            })
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Version `seq` of `key` (one strong read by key).
+    async fn read_version(
+        &self,
+        group: &str,
+        key: &str,
+        seq: u64,
+    ) -> StoreResult<Option<LogEntry>> {
+        let log = &self.tables.log;
+        let request = ReadRequest::builder(log.as_str(), ENTRY_COLUMNS).with_keys(Key::new(vec![
+            Value::from(group.to_owned()),
+            Value::from(key.to_owned()),
+            Value::from(int64(seq)),
+        ]));
+        let where_ = format!("{group}/{key}");
+        let found = self
+            .read("reading a log entry", log, request, |row| {
+                entry(row, log, &where_, "")
+            })
+            .await?;
+        Ok(found.into_iter().next())
     }
 
     pub(super) async fn read_entries(
@@ -167,29 +262,41 @@ impl SpannerStore {
         log_rules::validate_key(key)?;
         query.validate()?;
         let log = &self.tables.log;
-        let order = match query.order {
-            LogOrder::NewestFirst => "DESC",
-            LogOrder::OldestFirst => "ASC",
-        };
-        let limit = if query.limit.is_some() {
-            " LIMIT @n"
-        } else {
-            ""
-        };
-        let mut statement = Statement::builder(format!(
-            "SELECT {ENTRY_COLUMNS} FROM {log} WHERE group_name = @g AND log_key = @k \
-             ORDER BY seq {order}{limit}"
-        ))
-        .add_param("g", group)
-        .add_param("k", key);
-        if let Some(n) = query.limit {
-            statement = statement.add_typed_param("n", i64::from(n), types::int64());
-        }
         let where_ = format!("{group}/{key}");
-        self.query("reading the log", log, statement, |row| {
-            entry(row, log, &where_, "")
-        })
-        .await
+        match query.order {
+            LogOrder::NewestFirst => {
+                let mut request = ReadRequest::builder(log.as_str(), ENTRY_COLUMNS)
+                    .with_keys(versions_range(group, key, None));
+                if let Some(n) = query.limit {
+                    request = request.set_limit(i64::from(n));
+                }
+                self.read("reading the log", log, request, |row| {
+                    entry(row, log, &where_, "")
+                })
+                .await
+            }
+            LogOrder::OldestFirst => {
+                let columns = ENTRY_COLUMNS.join(", ");
+                let limit = if query.limit.is_some() {
+                    " LIMIT @n"
+                } else {
+                    ""
+                };
+                let mut statement = Statement::builder(format!(
+                    "SELECT {columns} FROM {log} WHERE group_name = @g AND log_key = @k \
+                     ORDER BY seq ASC{limit}"
+                ))
+                .add_param("g", group)
+                .add_param("k", key);
+                if let Some(n) = query.limit {
+                    statement = statement.add_typed_param("n", i64::from(n), types::int64());
+                }
+                self.query("reading the log", log, statement, |row| {
+                    entry(row, log, &where_, "")
+                })
+                .await
+            }
+        }
     }
 
     pub(super) async fn list_keys(
@@ -294,17 +401,51 @@ enum PutStep {
     /// Nothing written.
     Done(PutOutcome),
     /// A version was buffered; its commit timestamp is filled in after the commit.
-    Written { entry: LogEntry, now_us: u64 },
+    Written(LogEntry),
 }
 
-/// The body of the put's transaction: one query, the decision, the mutations.
-async fn put_step(
+/// What a plain append reads: the key row's `last_seq`, by key.
+async fn observe_append(
+    tx: &ReadWriteTransaction,
+    tables: &TableNames,
+    group: &str,
+    key: &str,
+) -> google_cloud_spanner::Result<StoreResult<PutObservation>> {
+    let log_keys = tables.log_keys.as_str();
+    let where_ = format!("{group}/{key}");
+    let mut rows = tx
+        .execute_read(
+            ReadRequest::builder(log_keys, ["last_seq"])
+                .with_keys(Key::new(vec![
+                    Value::from(group.to_owned()),
+                    Value::from(key.to_owned()),
+                ]))
+                .build(),
+        )
+        .await?;
+    let last_seq = match rows.next().await.transpose()? {
+        None => None,
+        Some(row) => match column::<i64>(&row, log_keys, &where_, "last_seq")
+            .and_then(|s| non_negative(log_keys, &where_, "last_seq", s))
+        {
+            Ok(seq) => Some(seq),
+            Err(e) => return Ok(Err(e)),
+        },
+    };
+    Ok(Ok(PutObservation {
+        last_seq,
+        replay: None,
+        lock: None,
+    }))
+}
+
+/// What a fenced put or an overwrite reads, in one statement (see the module docs).
+async fn observe_checked(
     tx: &ReadWriteTransaction,
     tables: &TableNames,
     group: &str,
     request: &PutRequest,
-    entry_id: &str,
-) -> google_cloud_spanner::Result<StoreResult<PutStep>> {
+) -> google_cloud_spanner::Result<StoreResult<PutObservation>> {
     let log = tables.log.as_str();
     let where_ = format!("{group}/{}", request.key);
     let statement = Statement::builder(put_query(tables))
@@ -321,13 +462,7 @@ async fn put_step(
             "the put's query returned no row",
         )));
     };
-    let observed = (|| {
-        let now_us = non_negative(
-            log,
-            &where_,
-            "now_us",
-            column(&row, log, &where_, "now_us")?,
-        )?;
+    Ok((|| {
         let last_seq = column::<Option<i64>>(&row, &tables.log_keys, &where_, "last_seq")?
             .map(|s| non_negative(&tables.log_keys, &where_, "last_seq", s))
             .transpose()?;
@@ -339,16 +474,31 @@ async fn put_step(
             .fence
             .as_ref()
             .and_then(|_| fence_lock(&row, &tables.locks, &where_));
-        Ok::<_, StoreError>((
-            now_us,
-            PutObservation {
-                last_seq,
-                replay,
-                lock,
-            },
-        ))
-    })();
-    let (now_us, observed) = match observed {
+        Ok(PutObservation {
+            last_seq,
+            replay,
+            lock,
+        })
+    })())
+}
+
+/// The body of the put's transaction: the read, the decision, the mutations.
+async fn put_step(
+    tx: &ReadWriteTransaction,
+    tables: &TableNames,
+    group: &str,
+    request: &PutRequest,
+    entry_id: &str,
+) -> google_cloud_spanner::Result<StoreResult<PutStep>> {
+    let log = tables.log.as_str();
+    let where_ = format!("{group}/{}", request.key);
+    let plain = request.fence.is_none() && request.mode == PutMode::Append;
+    let observed = if plain {
+        observe_append(tx, tables, group, &request.key).await?
+    } else {
+        observe_checked(tx, tables, group, request).await?
+    };
+    let observed = match observed {
         Ok(seen) => seen,
         Err(e) => return Ok(Err(e)),
     };
@@ -411,18 +561,16 @@ async fn put_step(
             .build(),
     );
     tx.buffer(mutations)?;
-    Ok(Ok(PutStep::Written {
-        entry: LogEntry {
-            key: request.key.clone(),
-            seq,
-            id: entry_id.to_owned(),
-            value: request.value.clone(),
-            writer: request.writer.id.clone(),
-            writer_incarnation: request.writer.incarnation.clone(),
-            token: request.token,
-            request_id: request.request_id.clone(),
-            committed_at: SystemTime::UNIX_EPOCH,
-        },
-        now_us,
-    }))
+    Ok(Ok(PutStep::Written(LogEntry {
+        key: request.key.clone(),
+        seq,
+        id: entry_id.to_owned(),
+        value: request.value.clone(),
+        writer: request.writer.id.clone(),
+        writer_incarnation: request.writer.incarnation.clone(),
+        token: request.token,
+        request_id: request.request_id.clone(),
+        // Filled in from the commit.
+        committed_at: SystemTime::UNIX_EPOCH,
+    })))
 }

@@ -354,6 +354,19 @@ impl SpannerStore {
         }
     }
 
+    /// Runs one strong single-use read by key and converts each row with `convert`.
+    async fn read<T>(
+        &self,
+        op: &str,
+        table: &str,
+        request: google_cloud_spanner::read::ConfiguredReadRequestBuilder,
+        convert: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        self.conn
+            .read(&self.context(table), op, request, convert)
+            .await
+    }
+
     /// Runs one strong single-use query and converts each row with `convert`.
     async fn query<T>(
         &self,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use google_cloud_spanner::key::{Key, KeySet};
 use google_cloud_spanner::mutation::Mutation;
+use google_cloud_spanner::read::ReadRequest;
 use google_cloud_spanner::result::Row;
 use google_cloud_spanner::statement::{Statement, StatementBuilder};
 use google_cloud_spanner::transaction::ReadWriteTransaction;
@@ -408,23 +409,20 @@ impl SpannerStore {
             move |tx: ReadWriteTransaction| {
                 let (table, key, permit_id) = (table.clone(), key.clone(), permit_id.clone());
                 async move {
-                    let deleted = tx
-                        .execute_update(
-                            Statement::builder(format!(
-                                "DELETE FROM {table} \
-                                 WHERE group_name = @g AND semaphore_name = @s AND permit_id = @p"
-                            ))
-                            .add_param("g", key.group.as_str())
-                            .add_param("s", key.name.as_str())
-                            .add_param("p", permit_id.as_str())
-                            .build(),
+                    // A key lookup, then a delete by key: no SQL on the way.
+                    let row = permit_key(&key, &permit_id);
+                    let mut rows = tx
+                        .execute_read(
+                            ReadRequest::builder(table.as_str(), ["permit_id"])
+                                .with_keys(row.clone())
+                                .build(),
                         )
                         .await?;
-                    Ok(Ok(if deleted > 0 {
-                        ReleaseOutcome::Released
-                    } else {
-                        ReleaseOutcome::NotHolder
-                    }))
+                    if rows.next().await.transpose()?.is_none() {
+                        return Ok(Ok(ReleaseOutcome::NotHolder));
+                    }
+                    tx.buffer([Mutation::delete(table.as_str(), KeySet::from(row))])?;
+                    Ok(Ok(ReleaseOutcome::Released))
                 }
             },
         )
