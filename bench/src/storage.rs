@@ -10,9 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use google_cloud_spanner::client::DatabaseClient;
+use google_cloud_spanner::key::Key;
 use google_cloud_spanner::mutation::Mutation;
+use google_cloud_spanner::read::ReadRequest;
 use google_cloud_spanner::statement::Statement;
 use google_cloud_spanner::transaction::{ReadWriteTransaction, TimestampBound};
+use google_cloud_spanner::value::Value;
 use hedge::semaphore::Waiters;
 use hedge::store::spanner::COMMIT_TIMESTAMP;
 use hedge::store::{Candidate, LockKey, SemaphoreKey, Store};
@@ -112,7 +115,10 @@ struct Report {
     bare_read_ms: Option<Summary>,
     bare_write_16_ms: Option<Summary>,
     bare_read_16_ms: Option<Summary>,
+    bare_sql_read_ms: Option<Summary>,
+    bare_read_write_ms: Option<Summary>,
     put_over_bare_write_p50: Option<f64>,
+    put_over_bare_read_write_p50: Option<f64>,
     get_over_bare_read_p50: Option<f64>,
     semaphore_limit: u32,
     semaphore_cycle_ms: Cycles,
@@ -185,6 +191,8 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
     let raw = bench.raw().await?;
     bare_write(&raw, "warm", &value).await?;
     bare_read(&raw, "warm").await?;
+    bare_sql_read(&raw, "warm").await?;
+    bare_read_write(&raw, "warm", "warm-2", &value).await?;
 
     progress(args.json, "bare writes and reads, 1 client");
     let bare_write_1 = sequential(ops, |i| {
@@ -195,6 +203,16 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
     let bare_read_1 = sequential(ops, |i| {
         let raw = &raw;
         async move { bare_read(raw, &format!("w1-{i}")).await }
+    })
+    .await?;
+    let bare_sql_read_1 = sequential(ops, |i| {
+        let raw = &raw;
+        async move { bare_sql_read(raw, &format!("w1-{i}")).await }
+    })
+    .await?;
+    let bare_read_write_1 = sequential(ops, |i| {
+        let (raw, value) = (&raw, &value);
+        async move { bare_read_write(raw, &format!("w1-{i}"), &format!("rw1-{i}"), value).await }
     })
     .await?;
 
@@ -275,11 +293,13 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
     let get_1 = summarize(&get_1);
     let bare_write_1 = summarize(&bare_write_1);
     let bare_read_1 = summarize(&bare_read_1);
+    let bare_read_write_1 = summarize(&bare_read_write_1);
     let report = Report {
         scenario: "storage",
         backend: "spanner-emulator",
         value_bytes: args.value_bytes,
         put_over_bare_write_p50: ratio(&put_1, &bare_write_1),
+        put_over_bare_read_write_p50: ratio(&put_1, &bare_read_write_1),
         get_over_bare_read_p50: ratio(&get_1, &bare_read_1),
         put_ms: ByClients {
             one: put_1,
@@ -293,6 +313,8 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
         bare_read_ms: bare_read_1,
         bare_write_16_ms: summarize(&bare_write_16),
         bare_read_16_ms: summarize(&bare_read_16),
+        bare_sql_read_ms: summarize(&bare_sql_read_1),
+        bare_read_write_ms: bare_read_write_1,
         semaphore_limit: 3,
         semaphore_cycle_ms: Cycles {
             uncontended: summarize(&uncontended),
@@ -322,8 +344,8 @@ fn progress(json: bool, what: &str) {
     }
 }
 
-/// One plain write transaction: one row written with a mutation and the commit timestamp (the
-/// crate begins the transaction and commits it: two round trips, as a put's query and commit).
+/// One plain write transaction: one row written with a mutation and the commit timestamp, and
+/// nothing read.
 async fn bare_write(
     client: &DatabaseClient,
     id: &str,
@@ -357,8 +379,32 @@ async fn bare_write(
     Ok(())
 }
 
-/// One strong single-use read of one row by its key.
+fn member_key(id: &str) -> Key {
+    Key::new(vec![
+        Value::from("bare".to_owned()),
+        Value::from(id.to_owned()),
+    ])
+}
+
+/// One strong single-use read of one row by its key (Spanner's Read API).
 async fn bare_read(client: &DatabaseClient, id: &str) -> Result<(), StorageBenchError> {
+    let members = TableNames::default().members;
+    let mut rows = client
+        .single_use()
+        .set_timestamp_bound(TimestampBound::strong())
+        .build()
+        .execute_read(
+            ReadRequest::builder(members, ["member_id", "address"])
+                .with_keys(member_key(id))
+                .build(),
+        )
+        .await?;
+    while rows.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
+/// The same row read with one strong single-use SQL query.
+async fn bare_sql_read(client: &DatabaseClient, id: &str) -> Result<(), StorageBenchError> {
     let members = TableNames::default().members;
     let mut rows = client
         .single_use()
@@ -375,6 +421,56 @@ async fn bare_read(client: &DatabaseClient, id: &str) -> Result<(), StorageBench
         )
         .await?;
     while rows.next().await.transpose()?.is_some() {}
+    Ok(())
+}
+
+/// A read-write transaction that reads one row by key and writes another: the least a
+/// conditional write (a put, which must read its key's last sequence number) can do.
+async fn bare_read_write(
+    client: &DatabaseClient,
+    read_id: &str,
+    write_id: &str,
+    value: &[u8],
+) -> Result<(), StorageBenchError> {
+    let members = TableNames::default().members;
+    let (read_id, write_id) = (read_id.to_owned(), write_id.to_owned());
+    let address = String::from_utf8_lossy(value).into_owned();
+    client
+        .read_write_transaction()
+        .build()
+        .run(move |tx: ReadWriteTransaction| {
+            let (members, read_id, write_id, address) = (
+                members.clone(),
+                read_id.clone(),
+                write_id.clone(),
+                address.clone(),
+            );
+            async move {
+                let mut rows = tx
+                    .execute_read(
+                        ReadRequest::builder(members.as_str(), ["address"])
+                            .with_keys(member_key(&read_id))
+                            .build(),
+                    )
+                    .await?;
+                while rows.next().await.transpose()?.is_some() {}
+                tx.buffer([Mutation::new_insert_or_update_builder(members.as_str())
+                    .set("group_name")
+                    .to("bare")
+                    .set("member_id")
+                    .to(write_id.as_str())
+                    .set("address")
+                    .to(address.as_str())
+                    .set("ttl_us")
+                    .to(1_000_000i64)
+                    .set("heartbeat")
+                    .to(COMMIT_TIMESTAMP)
+                    .set("joined_at")
+                    .to(COMMIT_TIMESTAMP)
+                    .build()])
+            }
+        })
+        .await?;
     Ok(())
 }
 
