@@ -4,7 +4,7 @@
 //! permit takes to reach a waiter.
 //!
 //! Every client is a Spanner client of its own (one `DatabaseClient`, one session), as separate
-//! pods would have.
+//! pods would have. Each hedge operation is measured interleaved with its bare counterpart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,83 +194,104 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
     bare_sql_read(&raw, "warm").await?;
     bare_read_write(&raw, "warm", "warm-2", &value).await?;
 
-    progress(args.json, "bare writes and reads, 1 client");
-    let bare_write_1 = sequential(ops, |i| {
-        let (raw, value) = (&raw, &value);
-        async move { bare_write(raw, &format!("w1-{i}"), value).await }
-    })
-    .await?;
-    let bare_read_1 = sequential(ops, |i| {
-        let raw = &raw;
-        async move { bare_read(raw, &format!("w1-{i}")).await }
-    })
-    .await?;
-    let bare_sql_read_1 = sequential(ops, |i| {
-        let raw = &raw;
-        async move { bare_sql_read(raw, &format!("w1-{i}")).await }
-    })
-    .await?;
-    let bare_read_write_1 = sequential(ops, |i| {
-        let (raw, value) = (&raw, &value);
-        async move { bare_read_write(raw, &format!("w1-{i}"), &format!("rw1-{i}"), value).await }
-    })
-    .await?;
-
-    progress(args.json, "puts and gets, 1 client");
+    // Every hedge operation is measured interleaved with its bare counterpart (in rotating
+    // order), so that both see the same emulator: its reads slow down as its data and history
+    // grow, which would otherwise favour whichever ran first.
+    progress(args.json, "writes, 1 client");
     let log = bench.log("writer-0").await?;
-    let put_1 = sequential(ops, |i| {
-        let (log, value) = (&log, &value);
-        async move {
-            log.put(&format!("key-{}", i % 10), value.clone()).await?;
-            Ok(())
+    let (mut bare_write_1, mut put_1, mut bare_read_write_1) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ops {
+        for step in 0..3 {
+            let started = Instant::now();
+            match (i + step) % 3 {
+                0 => {
+                    bare_write(&raw, &format!("w1-{i}"), &value).await?;
+                    bare_write_1.push(ms(started.elapsed()));
+                }
+                1 => {
+                    log.put(&format!("key-{}", i % 10), value.clone()).await?;
+                    put_1.push(ms(started.elapsed()));
+                }
+                _ => {
+                    bare_read_write(&raw, &format!("w1-{i}"), &format!("rw1-{i}"), &value).await?;
+                    bare_read_write_1.push(ms(started.elapsed()));
+                }
+            }
         }
-    })
-    .await?;
-    let get_1 = sequential(ops, |i| {
-        let log = &log;
-        async move {
-            log.get(&format!("key-{}", i % 10)).await?;
-            Ok(())
+    }
+    progress(args.json, "reads, 1 client");
+    let (mut bare_read_1, mut get_1, mut bare_sql_read_1) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ops {
+        for step in 0..3 {
+            let started = Instant::now();
+            match (i + step) % 3 {
+                0 => {
+                    bare_read(&raw, &format!("w1-{i}")).await?;
+                    bare_read_1.push(ms(started.elapsed()));
+                }
+                1 => {
+                    log.get(&format!("key-{}", i % 10)).await?;
+                    get_1.push(ms(started.elapsed()));
+                }
+                _ => {
+                    bare_sql_read(&raw, &format!("w1-{i}")).await?;
+                    bare_sql_read_1.push(ms(started.elapsed()));
+                }
+            }
         }
-    })
-    .await?;
+    }
 
     progress(args.json, "16 clients");
     let per_client = (ops / 16).max(1);
-    let mut raws = Vec::new();
-    let mut logs = Vec::new();
+    let mut clients = Vec::new();
     for c in 0..16 {
-        raws.push(Arc::new(bench.raw().await?));
-        logs.push(Arc::new(bench.log(&format!("writer-{c}")).await?));
+        clients.push(Arc::new((
+            bench.raw().await?,
+            bench.log(&format!("writer-{c}")).await?,
+        )));
     }
-    let bare_write_16 = concurrent(&raws, per_client, {
+    let writes = concurrent(&clients, per_client, {
         let value = value.clone();
-        move |raw, c, i| {
-            let value = value.clone();
-            async move { bare_write(&raw, &format!("w16-{c}-{i}"), &value).await }
-        }
-    })
-    .await?;
-    let bare_read_16 = concurrent(&raws, per_client, |raw, c, i| async move {
-        bare_read(&raw, &format!("w16-{c}-{i}")).await
-    })
-    .await?;
-    let put_16 = concurrent(&logs, per_client, {
-        let value = value.clone();
-        move |log, c, _| {
+        move |client, c, i| {
             let value = value.clone();
             async move {
-                log.put(&format!("client-{c}"), value).await?;
-                Ok(())
+                let (raw, log) = &*client;
+                let mut samples = [0.0; 2];
+                for step in 0..2 {
+                    let started = Instant::now();
+                    let slot = (i as usize + step) % 2;
+                    if slot == 0 {
+                        bare_write(raw, &format!("w16-{c}-{i}"), &value).await?;
+                    } else {
+                        log.put(&format!("client-{c}"), value.clone()).await?;
+                    }
+                    samples[slot] = ms(started.elapsed());
+                }
+                Ok(samples)
             }
         }
     })
     .await?;
-    let get_16 = concurrent(&logs, per_client, |log, c, _| async move {
-        log.get(&format!("client-{c}")).await?;
-        Ok(())
+    let reads = concurrent(&clients, per_client, |client, c, i| async move {
+        let (raw, log) = &*client;
+        let mut samples = [0.0; 2];
+        for step in 0..2 {
+            let started = Instant::now();
+            let slot = (i as usize + step) % 2;
+            if slot == 0 {
+                bare_read(raw, &format!("w16-{c}-{i}")).await?;
+            } else {
+                log.get(&format!("client-{c}")).await?;
+            }
+            samples[slot] = ms(started.elapsed());
+        }
+        Ok(samples)
     })
     .await?;
+    let bare_write_16: Vec<f64> = writes.iter().map(|s| s[0]).collect();
+    let put_16: Vec<f64> = writes.iter().map(|s| s[1]).collect();
+    let bare_read_16: Vec<f64> = reads.iter().map(|s| s[0]).collect();
+    let get_16: Vec<f64> = reads.iter().map(|s| s[1]).collect();
 
     let timings = PermitTimings::from_lease(Duration::from_millis(args.permit_lease_ms));
     progress(args.json, "semaphore cycles");
@@ -474,32 +495,18 @@ async fn bare_read_write(
     Ok(())
 }
 
-/// Runs `op(i)` for i in 0..n one after another, and returns each one's latency.
-async fn sequential<F, Fut>(n: u32, mut op: F) -> Result<Vec<f64>, StorageBenchError>
-where
-    F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<(), StorageBenchError>>,
-{
-    let mut samples = Vec::new();
-    for i in 0..n {
-        let started = Instant::now();
-        op(i).await?;
-        samples.push(ms(started.elapsed()));
-    }
-    Ok(samples)
-}
-
-/// Runs `per_client` operations on each client concurrently (each client's one after
-/// another), and returns every latency.
-async fn concurrent<C, F, Fut>(
+/// Runs `per_client` steps on each client concurrently (each client's one after another), and
+/// returns what every step measured.
+async fn concurrent<C, F, Fut, S>(
     clients: &[Arc<C>],
     per_client: u32,
     op: F,
-) -> Result<Vec<f64>, StorageBenchError>
+) -> Result<Vec<S>, StorageBenchError>
 where
     C: Send + Sync + 'static,
+    S: Send + 'static,
     F: Fn(Arc<C>, usize, u32) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<(), StorageBenchError>> + Send,
+    Fut: Future<Output = Result<S, StorageBenchError>> + Send,
 {
     let mut tasks = Vec::new();
     for (c, client) in clients.iter().enumerate() {
@@ -507,9 +514,7 @@ where
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             for i in 0..per_client {
-                let started = Instant::now();
-                op(client.clone(), c, i).await?;
-                samples.push(ms(started.elapsed()));
+                samples.push(op(client.clone(), c, i).await?);
             }
             Ok::<_, StorageBenchError>(samples)
         }));

@@ -147,7 +147,8 @@ pub struct PutRequest {
     /// Append or overwrite.
     pub mode: PutMode,
     /// The idempotency key: a put whose request id already names a version of the key writes
-    /// nothing and returns that version. `None` makes no such check.
+    /// nothing and returns that version (a backend may find out from its read, or from the
+    /// unique index refusing the write). `None` makes no such check.
     pub request_id: Option<String>,
     /// Fence the put on this lock of the group: it commits only if `token` is the lock's
     /// current token and its holder's lease runs, checked in the put's own transaction.
