@@ -132,8 +132,7 @@ pub struct TableNames {
     pub members: String,
     /// One row per table set: the schema version.
     pub schema: String,
-    /// One row per key of the log (the parent of [`log`](Self::log)), written with the key's
-    /// first version; it keeps the last sequence number once every version is trimmed.
+    /// One row per key of the log: its last sequence number (the parent of [`log`](Self::log)).
     pub log_keys: String,
     /// One row per version of a log key: value, writer, token, commit timestamp. Its index of
     /// idempotency keys is named [`TableNames::log_request_index`].

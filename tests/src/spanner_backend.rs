@@ -78,29 +78,21 @@ impl Backend for SpannerBackend {
                 let (tables, group, key, values) =
                     (tables.clone(), group.clone(), key.clone(), values.clone());
                 async move {
-                    // The key's last sequence number, as a put reads it: the newest version's,
-                    // or the key row's once every version was trimmed.
                     let mut rows = tx
                         .execute_query(
                             Statement::builder(format!(
-                                "SELECT (SELECT last_seq FROM {keys} \
-                                   WHERE group_name = @g AND log_key = @k) AS recorded, \
-                                 (SELECT seq FROM {log} WHERE group_name = @g AND log_key = @k \
-                                   ORDER BY seq DESC LIMIT 1) AS newest",
-                                keys = tables.log_keys,
-                                log = tables.log,
+                                "SELECT last_seq FROM {} WHERE group_name = @g AND log_key = @k",
+                                tables.log_keys
                             ))
                             .add_param("g", group.as_str())
                             .add_param("k", key.as_str())
                             .build(),
                         )
                         .await?;
-                    let (recorded, newest): (Option<i64>, Option<i64>) =
-                        match rows.next().await.transpose()? {
-                            Some(row) => (row.get("recorded")?, row.get("newest")?),
-                            None => (None, None),
-                        };
-                    let last = recorded.max(newest);
+                    let last: Option<i64> = match rows.next().await.transpose()? {
+                        Some(row) => Some(row.get("last_seq")?),
+                        None => None,
+                    };
                     let mut seq = last.unwrap_or(0);
                     let mut mutations = Vec::new();
                     for value in &values {
@@ -126,22 +118,23 @@ impl Backend for SpannerBackend {
                                 .build(),
                         );
                     }
-                    if recorded.is_none() {
-                        // The parent row goes before its children.
-                        mutations.insert(
-                            0,
-                            Mutation::new_insert_builder(tables.log_keys.as_str())
-                                .set("group_name")
-                                .to(group.as_str())
-                                .set("log_key")
-                                .to(key.as_str())
-                                .set("last_seq")
-                                .to(seq)
-                                .set("created_at")
-                                .to(COMMIT_TIMESTAMP)
-                                .build(),
-                        );
-                    }
+                    let key_row = if last.is_some() {
+                        Mutation::new_update_builder(tables.log_keys.as_str())
+                    } else {
+                        Mutation::new_insert_builder(tables.log_keys.as_str())
+                            .set("created_at")
+                            .to(COMMIT_TIMESTAMP)
+                    };
+                    mutations.push(
+                        key_row
+                            .set("group_name")
+                            .to(group.as_str())
+                            .set("log_key")
+                            .to(key.as_str())
+                            .set("last_seq")
+                            .to(seq)
+                            .build(),
+                    );
                     tx.buffer(mutations)?;
                     Ok(())
                 }

@@ -10,11 +10,10 @@
 //! Two commits can share a commit timestamp (two versions written in one transaction; on the
 //! memory store, whose clock stands still under paused time, any two writes), so ordering by
 //! timestamp alone makes "latest" ambiguous (hedge's Go `Get` has that flaw). Every put assigns
-//! `seq = last_seq + 1`, reading the key's last sequence number **in the put's own
-//! transaction**, so two puts to the same key always conflict and serialise, their sequence
-//! numbers follow commit order, and "latest" is the greatest `seq`: never a tie. The last
-//! sequence number is the newest version's, or, once every version has been trimmed, the one
-//! recorded by that trim, so a sequence number is never reused for another value.
+//! `seq = last_seq + 1` from the key's row **in the put's own transaction**, so two puts to the
+//! same key always conflict and serialise, their sequence numbers follow commit order, and
+//! "latest" is the greatest `seq`: never a tie. The key row keeps `last_seq` even when every
+//! version has been trimmed, so a sequence number is never reused for another value.
 //!
 //! # Limits
 //!
@@ -376,8 +375,7 @@ fn no_control(what: &'static str, value: &str) -> Result<(), LogInputError> {
 /// What a put's transaction read before deciding.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutObservation {
-    /// The key's last sequence number: the newest version's, or the one recorded when every
-    /// version was trimmed (`None`: the key was never written).
+    /// The key row's last sequence number (`None`: the key was never written).
     pub last_seq: Option<u64>,
     /// The version that carries the put's request id, if one does.
     pub replay: Option<LogEntry>,
@@ -395,7 +393,7 @@ pub enum PutDecision {
         /// The lock's current token.
         current: Option<u64>,
     },
-    /// Write a version with this sequence number (and the key's row, if it has none yet);
+    /// Write a version with this sequence number, and set the key row's `last_seq` to it;
     /// with `replace_all`, delete every earlier version first (an overwrite).
     Write {
         /// The new version's sequence number.

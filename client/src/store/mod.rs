@@ -310,10 +310,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>>;
 
     /// Writes a version of a log key (see [`log_rules`]): one read-write transaction that reads
-    /// the key's last sequence number, the version carrying the request id (a backend may
-    /// leave that to a unique index) and, for a fenced put, the lock row;
-    /// decides with [`log_rules::decide_put`]; and writes the version (for an overwrite, after
-    /// deleting every earlier version).
+    /// the key's row, the version carrying the request id and, for a fenced put, the lock row;
+    /// decides with [`log_rules::decide_put`]; and writes the version and the key's new
+    /// `last_seq` (for an overwrite, after deleting every earlier version).
     ///
     /// Invalid input ([`PutRequest::validate`]) fails with [`StoreError::InvalidRequest`] and
     /// writes nothing.
@@ -335,7 +334,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> StoreResult<Vec<String>>;
 
     /// Drops the versions of a log key that `retention` does not keep, in one read-write
-    /// transaction; returns how many were dropped. The key's last sequence number stays, so sequence
+    /// transaction; returns how many were dropped. The key's `last_seq` stays, so sequence
     /// numbers are never reused.
     async fn trim_log(&self, group: &str, key: &str, retention: Retention) -> StoreResult<u64>;
 

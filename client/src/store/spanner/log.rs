@@ -5,16 +5,10 @@
 //!
 //! # The put's read
 //!
-//! A plain append reads only the newest version's sequence number, by key (the first row of
-//! the key's range; Spanner's Read API, no SQL), writes only the new version, and leaves the
-//! request id to the unique index: an append whose request id already names a version of the
-//! key fails at commit with ALREADY_EXISTS, and only then is the original version looked up and
-//! returned. The common put thus costs one key lookup and a commit of one row.
-//!
-//! The key row is written with the key's first version. Its `last_seq` matters only once every
-//! version has been trimmed: the trim that drops the newest version records its sequence
-//! number there, and a put on a key without versions reads it, so sequence numbers are never
-//! reused.
+//! A plain append reads only the key row's `last_seq`, by key (Spanner's Read API, no SQL), and
+//! leaves the request id to the unique index: an append whose request id already names a
+//! version of the key fails at commit with ALREADY_EXISTS, and only then is the original
+//! version looked up and returned. The common put thus costs one key lookup and one commit.
 //!
 //! A fenced put and an overwrite read, in one SQL statement, the key row's `last_seq`, the
 //! version that carries the request id and, for a fenced put, the lock row with its age on
@@ -104,8 +98,6 @@ fn put_query(tables: &TableNames) -> String {
     } = tables;
     format!(
         "SELECT (SELECT last_seq FROM {log_keys} WHERE group_name = @g AND log_key = @k) AS last_seq, \
-         (SELECT seq FROM {log} WHERE group_name = @g AND log_key = @k \
-          ORDER BY seq DESC LIMIT 1) AS newest_seq, \
          e.log_key AS e_log_key, e.seq AS e_seq, e.entry_id AS e_entry_id, e.value AS e_value, \
          e.writer AS e_writer, e.writer_incarnation AS e_writer_incarnation, \
          e.token AS e_token, e.request_id AS e_request_id, e.committed_at AS e_committed_at, \
@@ -347,14 +339,13 @@ impl SpannerStore {
             Retention::KeepNewest(n) => (i64::from(n), None),
             Retention::MaxAge(age) => (0, Some(super::locks::micros("the age", age)?)),
         };
-        let (log, log_keys) = (self.tables.log.clone(), self.tables.log_keys.clone());
+        let log = self.tables.log.clone();
         let (group, key) = (group.to_owned(), key.to_owned());
         self.read_write(
             "trimming the log",
             &self.tables.log,
             move |tx: ReadWriteTransaction| {
-                let (log, log_keys, group, key) =
-                    (log.clone(), log_keys.clone(), group.clone(), key.clone());
+                let (log, group, key) = (log.clone(), group.clone(), key.clone());
                 async move {
                     // The cut is the newest version to drop: `skip` versions newer than it
                     // stay, or, by age, the newest version older than the age (commit order is
@@ -366,9 +357,7 @@ impl SpannerStore {
                     };
                     let mut statement = Statement::builder(format!(
                         "SELECT c.cut, (SELECT COUNT(*) FROM {log} \
-                           WHERE group_name = @g AND log_key = @k AND seq <= c.cut) AS dropped, \
-                         (SELECT seq FROM {log} WHERE group_name = @g AND log_key = @k \
-                          ORDER BY seq DESC LIMIT 1) AS newest \
+                           WHERE group_name = @g AND log_key = @k AND seq <= c.cut) AS dropped \
                          FROM (SELECT seq AS cut FROM {log} \
                                WHERE group_name = @g AND log_key = @k{age_filter} \
                                ORDER BY seq DESC LIMIT 1 OFFSET @skip) AS c"
@@ -386,36 +375,19 @@ impl SpannerStore {
                     let where_ = format!("{group}/{key}");
                     let decoded = column::<i64>(&row, &log, &where_, "cut").and_then(|cut| {
                         let dropped = column::<i64>(&row, &log, &where_, "dropped")?;
-                        let newest = column::<i64>(&row, &log, &where_, "newest")?;
                         Ok((
                             non_negative(&log, &where_, "seq", cut)?,
                             u64::try_from(dropped).unwrap_or(0),
-                            non_negative(&log, &where_, "seq", newest)?,
                         ))
                     });
-                    let (cut, dropped, newest) = match decoded {
+                    let (cut, dropped) = match decoded {
                         Ok(found) => found,
                         Err(e) => return Ok(Err(e)),
                     };
-                    let mut mutations = vec![Mutation::delete(
+                    tx.buffer([Mutation::delete(
                         log.as_str(),
                         versions_range(&group, &key, Some(cut)),
-                    )];
-                    if cut >= newest {
-                        // Every version goes: the key row keeps the last sequence number, so
-                        // that the next put does not reuse it.
-                        mutations.push(
-                            Mutation::new_update_builder(log_keys.as_str())
-                                .set("group_name")
-                                .to(group.as_str())
-                                .set("log_key")
-                                .to(key.as_str())
-                                .set("last_seq")
-                                .to(int64(newest))
-                                .build(),
-                        );
-                    }
-                    tx.buffer(mutations)?;
+                    )])?;
                     Ok(Ok(dropped))
                 }
             },
@@ -432,50 +404,15 @@ enum PutStep {
     Written(LogEntry),
 }
 
-/// What a put's transaction read: the observation for the rules, and whether the key's row
-/// exists (else the put creates it).
-struct Observed {
-    rules: PutObservation,
-    key_row: bool,
-}
-
-/// The key's last sequence number: the newest version's, or, when every version was trimmed,
-/// the one the key row recorded then.
-fn last_seq(newest: Option<u64>, recorded: Option<u64>) -> Option<u64> {
-    newest.max(recorded)
-}
-
-/// What a plain append reads, by key: the newest version's sequence number (the first row of
-/// the key's range), and only when the key has no version, the key row.
+/// What a plain append reads: the key row's `last_seq`, by key.
 async fn observe_append(
     tx: &ReadWriteTransaction,
     tables: &TableNames,
     group: &str,
     key: &str,
-) -> google_cloud_spanner::Result<StoreResult<Observed>> {
-    let (log, log_keys) = (tables.log.as_str(), tables.log_keys.as_str());
+) -> google_cloud_spanner::Result<StoreResult<PutObservation>> {
+    let log_keys = tables.log_keys.as_str();
     let where_ = format!("{group}/{key}");
-    let mut rows = tx
-        .execute_read(
-            ReadRequest::builder(log, ["seq"])
-                .with_keys(versions_range(group, key, None))
-                .set_limit(1)
-                .build(),
-        )
-        .await?;
-    if let Some(row) = rows.next().await.transpose()? {
-        // A version exists, so its parent, the key row, does too.
-        return Ok(column::<i64>(&row, log, &where_, "seq")
-            .and_then(|s| non_negative(log, &where_, "seq", s))
-            .map(|newest| Observed {
-                rules: PutObservation {
-                    last_seq: Some(newest),
-                    replay: None,
-                    lock: None,
-                },
-                key_row: true,
-            }));
-    }
     let mut rows = tx
         .execute_read(
             ReadRequest::builder(log_keys, ["last_seq"])
@@ -486,7 +423,7 @@ async fn observe_append(
                 .build(),
         )
         .await?;
-    let recorded = match rows.next().await.transpose()? {
+    let last_seq = match rows.next().await.transpose()? {
         None => None,
         Some(row) => match column::<i64>(&row, log_keys, &where_, "last_seq")
             .and_then(|s| non_negative(log_keys, &where_, "last_seq", s))
@@ -495,13 +432,10 @@ async fn observe_append(
             Err(e) => return Ok(Err(e)),
         },
     };
-    Ok(Ok(Observed {
-        rules: PutObservation {
-            last_seq: recorded,
-            replay: None,
-            lock: None,
-        },
-        key_row: recorded.is_some(),
+    Ok(Ok(PutObservation {
+        last_seq,
+        replay: None,
+        lock: None,
     }))
 }
 
@@ -511,7 +445,7 @@ async fn observe_checked(
     tables: &TableNames,
     group: &str,
     request: &PutRequest,
-) -> google_cloud_spanner::Result<StoreResult<Observed>> {
+) -> google_cloud_spanner::Result<StoreResult<PutObservation>> {
     let log = tables.log.as_str();
     let where_ = format!("{group}/{}", request.key);
     let statement = Statement::builder(put_query(tables))
@@ -529,11 +463,8 @@ async fn observe_checked(
         )));
     };
     Ok((|| {
-        let recorded = column::<Option<i64>>(&row, &tables.log_keys, &where_, "last_seq")?
+        let last_seq = column::<Option<i64>>(&row, &tables.log_keys, &where_, "last_seq")?
             .map(|s| non_negative(&tables.log_keys, &where_, "last_seq", s))
-            .transpose()?;
-        let newest = column::<Option<i64>>(&row, log, &where_, "newest_seq")?
-            .map(|s| non_negative(log, &where_, "seq", s))
             .transpose()?;
         let replay = match column::<Option<i64>>(&row, log, &where_, "e_seq")? {
             None => None,
@@ -543,13 +474,10 @@ async fn observe_checked(
             .fence
             .as_ref()
             .and_then(|_| fence_lock(&row, &tables.locks, &where_));
-        Ok(Observed {
-            rules: PutObservation {
-                last_seq: last_seq(newest, recorded),
-                replay,
-                lock,
-            },
-            key_row: recorded.is_some(),
+        Ok(PutObservation {
+            last_seq,
+            replay,
+            lock,
         })
     })())
 }
@@ -570,10 +498,7 @@ async fn put_step(
     } else {
         observe_checked(tx, tables, group, request).await?
     };
-    let Observed {
-        rules: observed,
-        key_row,
-    } = match observed {
+    let observed = match observed {
         Ok(seen) => seen,
         Err(e) => return Ok(Err(e)),
     };
@@ -595,22 +520,22 @@ async fn put_step(
             versions_range(group, &request.key, None),
         ));
     }
-    // The key row is written once, with the key's first version (the parent goes first);
-    // afterwards the newest version carries the last sequence number.
-    if !key_row {
-        mutations.push(
-            Mutation::new_insert_builder(tables.log_keys.as_str())
-                .set("group_name")
-                .to(group)
-                .set("log_key")
-                .to(request.key.as_str())
-                .set("last_seq")
-                .to(int64(seq))
-                .set("created_at")
-                .to(COMMIT_TIMESTAMP)
-                .build(),
-        );
-    }
+    let key_row = match observed.last_seq {
+        None => Mutation::new_insert_builder(tables.log_keys.as_str())
+            .set("created_at")
+            .to(COMMIT_TIMESTAMP),
+        Some(_) => Mutation::new_update_builder(tables.log_keys.as_str()),
+    };
+    mutations.push(
+        key_row
+            .set("group_name")
+            .to(group)
+            .set("log_key")
+            .to(request.key.as_str())
+            .set("last_seq")
+            .to(int64(seq))
+            .build(),
+    );
     mutations.push(
         Mutation::new_insert_builder(log)
             .set("group_name")
