@@ -8,10 +8,13 @@
 
 pub mod chaos;
 pub mod conformance;
+pub mod conformance_storage;
+pub mod delegate;
 pub mod emulator;
 pub mod faults;
 pub mod memory_backend;
 pub mod messaging;
+pub mod permit_timeline;
 pub mod spanner_backend;
 pub mod timeline;
 
