@@ -9,6 +9,7 @@
 mod election;
 mod messaging;
 mod stats;
+mod storage;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -26,6 +27,9 @@ enum Scenario {
     Election(election::Args),
     /// Messaging: send round trip and throughput, broadcast latency, join visibility.
     Messaging(messaging::Args),
+    /// The log and the semaphores: put and get against bare Spanner calls, semaphore cycles,
+    /// permit reclaim after a crash.
+    Storage(storage::Args),
 }
 
 /// Which store the benchmark runs on.
@@ -47,8 +51,9 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().scenario {
-        Scenario::Election(args) => election::run(args).await,
-        Scenario::Messaging(args) => messaging::run(args).await,
+        Scenario::Election(args) => election::run(args).await.map_err(|e| e.to_string()),
+        Scenario::Messaging(args) => messaging::run(args).await.map_err(|e| e.to_string()),
+        Scenario::Storage(args) => storage::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

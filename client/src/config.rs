@@ -17,6 +17,14 @@ pub const ENV_LOCK_TABLE: &str = "HEDGE_LOCK_TABLE";
 pub const ENV_MEMBER_TABLE: &str = "HEDGE_MEMBER_TABLE";
 /// The schema table (`HEDGE_SCHEMA_TABLE`).
 pub const ENV_SCHEMA_TABLE: &str = "HEDGE_SCHEMA_TABLE";
+/// The log's key table (`HEDGE_LOG_KEY_TABLE`).
+pub const ENV_LOG_KEY_TABLE: &str = "HEDGE_LOG_KEY_TABLE";
+/// The log table (`HEDGE_LOG_TABLE`).
+pub const ENV_LOG_TABLE: &str = "HEDGE_LOG_TABLE";
+/// The semaphore table (`HEDGE_SEMAPHORE_TABLE`).
+pub const ENV_SEMAPHORE_TABLE: &str = "HEDGE_SEMAPHORE_TABLE";
+/// The permit table (`HEDGE_PERMIT_TABLE`).
+pub const ENV_PERMIT_TABLE: &str = "HEDGE_PERMIT_TABLE";
 /// The lease in milliseconds (`HEDGE_LEASE_MS`).
 pub const ENV_LEASE_MS: &str = "HEDGE_LEASE_MS";
 /// The renew interval in milliseconds (`HEDGE_RENEW_INTERVAL_MS`).
@@ -55,6 +63,10 @@ pub const CONFIG_MAP_VARIABLES: &[&str] = &[
     ENV_LOCK_TABLE,
     ENV_MEMBER_TABLE,
     ENV_SCHEMA_TABLE,
+    ENV_LOG_KEY_TABLE,
+    ENV_LOG_TABLE,
+    ENV_SEMAPHORE_TABLE,
+    ENV_PERMIT_TABLE,
     ENV_LEASE_MS,
     ENV_RENEW_INTERVAL_MS,
     ENV_POLL_INTERVAL_MS,
@@ -379,6 +391,10 @@ impl Config {
             (ENV_LOCK_TABLE, &mut tables.locks),
             (ENV_MEMBER_TABLE, &mut tables.members),
             (ENV_SCHEMA_TABLE, &mut tables.schema),
+            (ENV_LOG_KEY_TABLE, &mut tables.log_keys),
+            (ENV_LOG_TABLE, &mut tables.log),
+            (ENV_SEMAPHORE_TABLE, &mut tables.semaphores),
+            (ENV_PERMIT_TABLE, &mut tables.permits),
         ] {
             if let Some(v) = get(var) {
                 *slot = v;
@@ -444,6 +460,10 @@ impl Config {
         put(ENV_LOCK_TABLE, self.tables.locks.clone());
         put(ENV_MEMBER_TABLE, self.tables.members.clone());
         put(ENV_SCHEMA_TABLE, self.tables.schema.clone());
+        put(ENV_LOG_KEY_TABLE, self.tables.log_keys.clone());
+        put(ENV_LOG_TABLE, self.tables.log.clone());
+        put(ENV_SEMAPHORE_TABLE, self.tables.semaphores.clone());
+        put(ENV_PERMIT_TABLE, self.tables.permits.clone());
         put(ENV_LEASE_MS, ms(self.election.lease));
         put(ENV_RENEW_INTERVAL_MS, ms(self.election.renew_interval));
         put(ENV_POLL_INTERVAL_MS, ms(self.election.poll_interval));
@@ -541,6 +561,8 @@ mod tests {
         config.database = Some("projects/p/instances/i/databases/d".parse().unwrap());
         config.election = ElectionTimings::from_lease(Duration::from_secs(3));
         config.member_id = "pod-a".into();
+        config.tables.log = "orders_log".into();
+        config.tables.permits = "orders_permits".into();
         let mut env = config.to_env();
         let keys: Vec<&str> = env.keys().map(String::as_str).collect();
         let mut expected = CONFIG_MAP_VARIABLES.to_vec();

@@ -47,11 +47,14 @@
 
 pub mod config;
 pub mod election;
+pub mod kv;
 pub mod membership;
 pub mod messaging;
 pub mod metrics;
 pub mod names;
 pub mod peer;
+pub mod semaphore;
+pub mod storage;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -68,6 +71,7 @@ pub use config::{Config, ConfigError, ElectionTimings, MembershipTimings};
 pub use election::{
     Election, ElectionError, ElectionGuard, LeaderInfo, LeadershipEvent, LostReason, Term,
 };
+pub use kv::{KvError, Log, PutOptions, PutRouting};
 pub use membership::{LeaveReason, Member, MembershipEvent};
 pub use messaging::{
     BroadcastOptions, BroadcastReply, HandlerError, HandlerResult, Message, MessageHandler,
@@ -77,6 +81,8 @@ pub use messaging::{
 pub use metrics::Metrics;
 pub use names::{DatabasePath, TableNames};
 pub use peer::{GroupSecret, PeerError, PeerOptions, ServerLimits, TlsConfig};
+pub use semaphore::{Permit, PermitTimings, Semaphore, SemaphoreError};
+pub use storage::StorageOptions;
 pub use store::{Candidate, LockKey, MemberRecord, MemoryStore, Store, StoreError};
 
 /// Errors of the [`Hedge`] handle.
@@ -116,6 +122,7 @@ pub struct HedgeBuilder {
     store: Option<Arc<dyn Store>>,
     lock_name: String,
     metrics: Arc<Metrics>,
+    storage: StorageOptions,
     #[cfg(feature = "spanner")]
     spanner_options: store::spanner::SpannerOptions,
     peer: Option<PeerOptions>,
@@ -130,6 +137,7 @@ impl HedgeBuilder {
             store: None,
             lock_name: LockKey::LEADER.to_owned(),
             metrics: Metrics::new(),
+            storage: StorageOptions::default(),
             #[cfg(feature = "spanner")]
             spanner_options: store::spanner::SpannerOptions::default(),
             peer: None,
@@ -237,9 +245,17 @@ impl HedgeBuilder {
         self
     }
 
+    /// Options of the log and the semaphores: put routing and retries, permit timings, and the
+    /// peer transport's hooks.
+    pub fn storage(mut self, options: StorageOptions) -> Self {
+        self.storage = options;
+        self
+    }
+
     /// Validates the configuration, connects to the store, and binds the peer port.
     pub async fn build(mut self) -> Result<Hedge, HedgeError> {
         self.config.validate()?;
+        self.storage.permit_timings.validate()?;
         let store = match (self.store, &self.config.database) {
             (Some(store), _) => store,
             #[cfg(feature = "spanner")]
@@ -322,6 +338,8 @@ impl HedgeBuilder {
                 transport: Mutex::new(transport),
                 locks: Mutex::default(),
                 metrics: self.metrics,
+                waiters: semaphore::Waiters::new(self.storage.release_notifier.clone()),
+                storage: self.storage,
             }),
         })
     }
@@ -346,6 +364,9 @@ struct Inner {
     /// The other named locks handed out, so that one name always gives the same election.
     locks: Mutex<HashMap<String, Election>>,
     metrics: Arc<Metrics>,
+    storage: StorageOptions,
+    /// This process's semaphore waiters, woken when a permit is released.
+    waiters: semaphore::Waiters,
 }
 
 impl Hedge {
@@ -471,6 +492,53 @@ impl Hedge {
     /// Every leadership event from now on (see [`Election::events`]).
     pub fn events(&self) -> broadcast::Receiver<LeadershipEvent> {
         self.inner.election.events()
+    }
+
+    /// The group's append-only key/value log, written as this member (see [`kv`]).
+    pub fn log(&self) -> Log {
+        Log::new(
+            self.inner.store.clone(),
+            self.inner.election.clone(),
+            self.inner.candidate.clone(),
+            &self.inner.storage,
+        )
+    }
+
+    /// The semaphore `name` of the group with `limit` permits, created if it does not exist
+    /// (see [`semaphore`]). An existing semaphore with another limit is
+    /// [`SemaphoreError::LimitMismatch`].
+    pub async fn semaphore(&self, name: &str, limit: u32) -> Result<Semaphore, SemaphoreError> {
+        Semaphore::define(
+            self.inner.store.clone(),
+            store::SemaphoreKey::new(self.group(), name),
+            limit,
+            self.inner.candidate.clone(),
+            self.inner.storage.permit_timings,
+            self.inner.waiters.clone(),
+        )
+        .await
+    }
+
+    /// The existing semaphore `name` of the group, with its limit;
+    /// [`SemaphoreError::Unknown`] when there is none.
+    pub async fn open_semaphore(&self, name: &str) -> Result<Semaphore, SemaphoreError> {
+        Semaphore::open(
+            self.inner.store.clone(),
+            store::SemaphoreKey::new(self.group(), name),
+            self.inner.candidate.clone(),
+            self.inner.storage.permit_timings,
+            self.inner.waiters.clone(),
+        )
+        .await
+    }
+
+    /// Wakes this member's waiting acquires of semaphore `name` at once: for the peer
+    /// transport, when another member announces a release (see
+    /// [`semaphore::ReleaseNotifier`]).
+    pub fn wake_semaphore_waiters(&self, name: &str) {
+        self.inner
+            .waiters
+            .wake(&store::SemaphoreKey::new(self.group(), name));
     }
 
     /// This process's incarnation (fresh for every start).

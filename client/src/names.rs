@@ -94,6 +94,20 @@ pub enum TableNamesError {
         /// The name given.
         name: String,
     },
+    /// A name too long to derive the name of an index from (Spanner names are at most 128
+    /// characters, and the log's index is named after its table).
+    #[error(
+        "table name `{name}` for {role} is too long: at most {max} characters, since hedge names \
+         an index after it"
+    )]
+    TooLongForIndex {
+        /// Which table.
+        role: &'static str,
+        /// The name given.
+        name: String,
+        /// The longest name allowed for this role.
+        max: usize,
+    },
     /// Two roles were given the same table.
     #[error("the {first} and {second} tables must have different names (both are `{name}`)")]
     DuplicateTableName {
@@ -107,6 +121,9 @@ pub enum TableNamesError {
 }
 
 /// The names of hedge's tables. Several groups share one set of tables: rows are keyed by group.
+///
+/// Build one with `..TableNames::default()` for the fields you do not name, so that code keeps
+/// compiling when hedge adds a table.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TableNames {
     /// One row per lock: holder, fencing token, lease.
@@ -115,6 +132,15 @@ pub struct TableNames {
     pub members: String,
     /// One row per table set: the schema version.
     pub schema: String,
+    /// One row per key of the log: its last sequence number (the parent of [`log`](Self::log)).
+    pub log_keys: String,
+    /// One row per version of a log key: value, writer, token, commit timestamp. Its index of
+    /// idempotency keys is named [`TableNames::log_request_index`].
+    pub log: String,
+    /// One row per semaphore: its limit and last permit token.
+    pub semaphores: String,
+    /// One row per permit held: holder, token, lease (a child of [`semaphores`](Self::semaphores)).
+    pub permits: String,
 }
 
 impl Default for TableNames {
@@ -123,9 +149,19 @@ impl Default for TableNames {
             locks: "hedge_locks".into(),
             members: "hedge_members".into(),
             schema: "hedge_schema".into(),
+            log_keys: "hedge_log_keys".into(),
+            log: "hedge_log".into(),
+            semaphores: "hedge_semaphores".into(),
+            permits: "hedge_permits".into(),
         }
     }
 }
+
+/// What the log's index of idempotency keys is named after its table.
+pub const LOG_REQUEST_INDEX_SUFFIX: &str = "_by_request";
+
+/// The longest Spanner identifier.
+const MAX_IDENTIFIER: usize = 128;
 
 impl TableNames {
     /// Checks that every name is a plain Spanner identifier, not a reserved word, and that the
@@ -149,8 +185,20 @@ impl TableNames {
                 });
             }
         }
-        for (i, (first, a)) in roles.iter().enumerate() {
-            for (second, b) in &roles[i + 1..] {
+        let max = MAX_IDENTIFIER - LOG_REQUEST_INDEX_SUFFIX.len();
+        if self.log.len() > max {
+            return Err(TableNamesError::TooLongForIndex {
+                role: "log",
+                name: self.log.clone(),
+                max,
+            });
+        }
+        // Tables and indexes share one namespace in Spanner.
+        let index = self.log_request_index();
+        let mut names = roles.to_vec();
+        names.push(("log request index", index.as_str()));
+        for (i, (first, a)) in names.iter().enumerate() {
+            for (second, b) in &names[i + 1..] {
                 if a.eq_ignore_ascii_case(b) {
                     return Err(TableNamesError::DuplicateTableName {
                         first,
@@ -163,20 +211,30 @@ impl TableNames {
         Ok(())
     }
 
-    /// Each table with its role, in the order the schema creates them.
-    pub fn roles(&self) -> [(&'static str, &str); 3] {
+    /// Each table with its role.
+    pub fn roles(&self) -> [(&'static str, &str); 7] {
         [
             ("locks", self.locks.as_str()),
             ("members", self.members.as_str()),
             ("schema", self.schema.as_str()),
+            ("log keys", self.log_keys.as_str()),
+            ("log", self.log.as_str()),
+            ("semaphores", self.semaphores.as_str()),
+            ("permits", self.permits.as_str()),
         ]
+    }
+
+    /// The name of the log's unique index of idempotency keys: the log table's name and
+    /// [`LOG_REQUEST_INDEX_SUFFIX`].
+    pub fn log_request_index(&self) -> String {
+        format!("{}{LOG_REQUEST_INDEX_SUFFIX}", self.log)
     }
 }
 
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
-        && name.len() <= 128
+        && name.len() <= MAX_IDENTIFIER
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -360,6 +418,37 @@ mod tests {
         }
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn the_log_table_leaves_room_for_its_index_name() {
+        let long = TableNames {
+            log: format!("l{}", "o".repeat(117)),
+            ..TableNames::default()
+        };
+        assert!(matches!(
+            long.validate(),
+            Err(TableNamesError::TooLongForIndex {
+                role: "log",
+                max: 117,
+                ..
+            })
+        ));
+        TableNames {
+            log: format!("l{}", "o".repeat(116)),
+            ..TableNames::default()
+        }
+        .validate()
+        .unwrap();
+        // A table named like the index would collide with it.
+        let clash = TableNames {
+            permits: "hedge_log_by_request".into(),
+            ..TableNames::default()
+        };
+        assert!(matches!(
+            clash.validate(),
+            Err(TableNamesError::DuplicateTableName { .. })
+        ));
     }
 
     #[test]

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hedge::store::{
-    AcquireOutcome, Candidate, LockKey, LockState, MemberHeartbeat, MemberRecord, ReleaseOutcome,
-    RenewOutcome, Store, StoreError, StoreResult,
+    AcquireOutcome, Candidate, DefineOutcome, LockKey, LockState, LogEntry, LogQuery,
+    MemberHeartbeat, MemberRecord, PermitOutcome, PermitRenewal, PermitRequest, PutOutcome,
+    PutRequest, ReleaseOutcome, RenewOutcome, Retention, SemaphoreKey, SemaphoreState, Store,
+    StoreError, StoreResult,
 };
 use hedge::{ElectionTimings, Hedge, HedgeError, LeadershipEvent, LostReason, MemoryStore};
 use tokio_util::sync::CancellationToken;
@@ -176,6 +178,49 @@ impl Store for NoTables {
         Err(missing())
     }
     async fn list_members(&self, _: &str) -> StoreResult<Vec<MemberRecord>> {
+        Err(missing())
+    }
+    async fn put(&self, _: &str, _: &PutRequest) -> StoreResult<PutOutcome> {
+        Err(missing())
+    }
+    async fn read_log(&self, _: &str, _: &str, _: LogQuery) -> StoreResult<Vec<LogEntry>> {
+        Err(missing())
+    }
+    async fn list_log_keys(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&str>,
+        _: u32,
+    ) -> StoreResult<Vec<String>> {
+        Err(missing())
+    }
+    async fn trim_log(&self, _: &str, _: &str, _: Retention) -> StoreResult<u64> {
+        Err(missing())
+    }
+    async fn define_semaphore(&self, _: &SemaphoreKey, _: u32) -> StoreResult<DefineOutcome> {
+        Err(missing())
+    }
+    async fn semaphore_state(&self, _: &SemaphoreKey) -> StoreResult<Option<SemaphoreState>> {
+        Err(missing())
+    }
+    async fn acquire_permit(
+        &self,
+        _: &SemaphoreKey,
+        _: &PermitRequest,
+    ) -> StoreResult<PermitOutcome> {
+        Err(missing())
+    }
+    async fn renew_permit(
+        &self,
+        _: &SemaphoreKey,
+        _: &str,
+        _: u64,
+        _: Duration,
+    ) -> StoreResult<PermitRenewal> {
+        Err(missing())
+    }
+    async fn release_permit(&self, _: &SemaphoreKey, _: &str) -> StoreResult<ReleaseOutcome> {
         Err(missing())
     }
 }

@@ -80,6 +80,18 @@ pub struct TableArgs {
     /// The schema table.
     #[arg(long, env = "HEDGE_SCHEMA_TABLE", default_value = "hedge_schema")]
     pub schema_table: String,
+    /// The log's key table.
+    #[arg(long, env = "HEDGE_LOG_KEY_TABLE", default_value = "hedge_log_keys")]
+    pub log_key_table: String,
+    /// The log table.
+    #[arg(long, env = "HEDGE_LOG_TABLE", default_value = "hedge_log")]
+    pub log_table: String,
+    /// The semaphore table.
+    #[arg(long, env = "HEDGE_SEMAPHORE_TABLE", default_value = "hedge_semaphores")]
+    pub semaphore_table: String,
+    /// The permit table.
+    #[arg(long, env = "HEDGE_PERMIT_TABLE", default_value = "hedge_permits")]
+    pub permit_table: String,
 }
 
 impl TableArgs {
@@ -89,6 +101,10 @@ impl TableArgs {
             locks: self.lock_table.clone(),
             members: self.member_table.clone(),
             schema: self.schema_table.clone(),
+            log_keys: self.log_key_table.clone(),
+            log: self.log_table.clone(),
+            semaphores: self.semaphore_table.clone(),
+            permits: self.permit_table.clone(),
         }
     }
 }

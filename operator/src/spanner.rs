@@ -337,6 +337,10 @@ mod tests {
             locks: "a_locks".into(),
             members: "shared".into(),
             schema: "a_schema".into(),
+            log_keys: "a_log_keys".into(),
+            log: "a_log".into(),
+            semaphores: "a_semaphores".into(),
+            permits: "a_permits".into(),
         };
         schema::ensure_schema(&db, &theirs, &emulator.options())
             .await
@@ -346,6 +350,10 @@ mod tests {
             locks: "shared".into(),
             members: "b_members".into(),
             schema: "b_schema".into(),
+            log_keys: "b_log_keys".into(),
+            log: "b_log".into(),
+            semaphores: "b_semaphores".into(),
+            permits: "b_permits".into(),
         };
         let provisioner = SpannerProvisioner::new(emulator.options());
         let refused = provisioner

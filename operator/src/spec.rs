@@ -200,6 +200,7 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
         locks: spec.tables.locks.clone(),
         members: spec.tables.members.clone(),
         schema: spec.tables.schema.clone(),
+        ..TableNames::default()
     };
     tables.validate()?;
 

@@ -33,6 +33,15 @@ pub trait Backend: Send + Sync {
         let _ = skew;
         false
     }
+    /// Writes `values` as consecutive versions of log key `key` of `group` in **one** atomic
+    /// step, so that they share one commit timestamp, as the log's own puts never do for one
+    /// key on Spanner (two puts to a key conflict and commit one after the other). The storage
+    /// scenarios use it to prove that "latest" does not depend on timestamps.
+    async fn write_tied_versions(&self, group: &str, key: &str, values: &[&str]);
+    /// The permit timings the storage scenarios use.
+    fn permit_timings(&self) -> hedge::PermitTimings {
+        hedge::PermitTimings::from_lease(self.timings().lease)
+    }
 }
 
 /// A member under test: its election, its store's fault switch, and its running loop.

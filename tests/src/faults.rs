@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hedge::store::{
-    AcquireOutcome, Candidate, LockKey, LockState, MemberHeartbeat, MemberRecord, ReleaseOutcome,
-    RenewOutcome, Store, StoreError, StoreResult,
+    AcquireOutcome, Candidate, DefineOutcome, LockKey, LockState, LogEntry, LogQuery,
+    MemberHeartbeat, MemberRecord, PermitOutcome, PermitRenewal, PermitRequest, PutOutcome,
+    PutRequest, ReleaseOutcome, RenewOutcome, Retention, SemaphoreKey, SemaphoreState, Store,
+    StoreError, StoreResult,
 };
 
 /// What the wrapper does to each operation.
@@ -41,6 +43,10 @@ pub enum Op {
     ReadLock,
     /// `heartbeat_member`, `remove_member`, `list_members`.
     Members,
+    /// The log: `put`, `read_log`, `list_log_keys`, `trim_log`.
+    Log,
+    /// The semaphores: `define_semaphore`, `semaphore_state` and the permit operations.
+    Semaphores,
 }
 
 /// A store whose operations suffer the current [`Fault`].
@@ -167,6 +173,81 @@ impl Store for FaultyStore {
 
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
         self.apply(Op::Members, self.inner.list_members(group))
+            .await
+    }
+
+    async fn put(&self, group: &str, request: &PutRequest) -> StoreResult<PutOutcome> {
+        self.apply(Op::Log, self.inner.put(group, request)).await
+    }
+
+    async fn read_log(
+        &self,
+        group: &str,
+        key: &str,
+        query: LogQuery,
+    ) -> StoreResult<Vec<LogEntry>> {
+        self.apply(Op::Log, self.inner.read_log(group, key, query))
+            .await
+    }
+
+    async fn list_log_keys(
+        &self,
+        group: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        self.apply(
+            Op::Log,
+            self.inner.list_log_keys(group, prefix, start_after, limit),
+        )
+        .await
+    }
+
+    async fn trim_log(&self, group: &str, key: &str, retention: Retention) -> StoreResult<u64> {
+        self.apply(Op::Log, self.inner.trim_log(group, key, retention))
+            .await
+    }
+
+    async fn define_semaphore(&self, key: &SemaphoreKey, limit: u32) -> StoreResult<DefineOutcome> {
+        self.apply(Op::Semaphores, self.inner.define_semaphore(key, limit))
+            .await
+    }
+
+    async fn semaphore_state(&self, key: &SemaphoreKey) -> StoreResult<Option<SemaphoreState>> {
+        self.apply(Op::Semaphores, self.inner.semaphore_state(key))
+            .await
+    }
+
+    async fn acquire_permit(
+        &self,
+        key: &SemaphoreKey,
+        request: &PermitRequest,
+    ) -> StoreResult<PermitOutcome> {
+        self.apply(Op::Semaphores, self.inner.acquire_permit(key, request))
+            .await
+    }
+
+    async fn renew_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+        token: u64,
+        lease: Duration,
+    ) -> StoreResult<PermitRenewal> {
+        self.apply(
+            Op::Semaphores,
+            self.inner.renew_permit(key, permit_id, token, lease),
+        )
+        .await
+    }
+
+    async fn release_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+    ) -> StoreResult<ReleaseOutcome> {
+        self.apply(Op::Semaphores, self.inner.release_permit(key, permit_id))
             .await
     }
 }

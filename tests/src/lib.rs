@@ -5,10 +5,13 @@
 //!   [`emulator::emulator_or_skip`], [`require_emulator!`]).
 
 pub mod conformance;
+pub mod conformance_storage;
+pub mod delegate;
 pub mod emulator;
 pub mod faults;
 pub mod memory_backend;
 pub mod messaging;
+pub mod permit_timeline;
 pub mod spanner_backend;
 pub mod timeline;
 

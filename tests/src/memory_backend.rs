@@ -52,6 +52,24 @@ impl Backend for MemoryBackend {
         ElectionTimings::default()
     }
 
+    async fn write_tied_versions(&self, group: &str, key: &str, values: &[&str]) {
+        // The store's clock stands still under paused time: consecutive puts share their
+        // commit instant.
+        let writer = hedge::Candidate::new("tied-writer");
+        for value in values {
+            let request = hedge::store::PutRequest {
+                key: key.to_owned(),
+                value: value.as_bytes().to_vec(),
+                writer: writer.clone(),
+                token: None,
+                mode: hedge::store::PutMode::Append,
+                request_id: None,
+                fence: None,
+            };
+            self.store.put(group, &request).await.expect("put");
+        }
+    }
+
     fn slack(&self) -> Duration {
         // Paused time: store operations take 2 ms (one each way), and the scenarios' own wait
         // loops poll every 5 ms.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use hedge::store::{
     AcquireOutcome, Candidate, ClockSkew, Latency, LockKey, LockState, MemberHeartbeat,
     MemberRecord, MemoryStore, ReleaseOutcome, RenewOutcome, Store, StoreError, StoreResult,
@@ -126,8 +125,7 @@ async fn a_losing_select_branch_ends_its_term() {
 #[derive(Debug)]
 struct PanicsOnRenew(MemoryStore);
 
-#[async_trait]
-impl Store for PanicsOnRenew {
+hedge_tests::store_with_storage_of!(PanicsOnRenew, 0, {
     async fn acquire(
         &self,
         key: &LockKey,
@@ -159,7 +157,7 @@ impl Store for PanicsOnRenew {
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
         self.0.list_members(group).await
     }
-}
+});
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_store_ends_the_term() {
@@ -216,8 +214,7 @@ struct SchemaGoneAfterGrant {
     broken: AtomicBool,
 }
 
-#[async_trait]
-impl Store for SchemaGoneAfterGrant {
+hedge_tests::store_with_storage_of!(SchemaGoneAfterGrant, inner, {
     async fn acquire(
         &self,
         key: &LockKey,
@@ -254,7 +251,7 @@ impl Store for SchemaGoneAfterGrant {
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
         self.inner.list_members(group).await
     }
-}
+});
 
 #[tokio::test(start_paused = true)]
 async fn a_fatal_error_ends_the_term_as_failed_and_stops_loudly() {
@@ -450,8 +447,7 @@ struct CountAcquires {
     acquires: AtomicUsize,
 }
 
-#[async_trait]
-impl Store for CountAcquires {
+hedge_tests::store_with_storage_of!(CountAcquires, inner, {
     async fn acquire(
         &self,
         key: &LockKey,
@@ -484,7 +480,7 @@ impl Store for CountAcquires {
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
         self.inner.list_members(group).await
     }
-}
+});
 
 #[tokio::test(start_paused = true)]
 async fn candidates_do_not_open_transactions_on_a_held_lock() {

@@ -14,7 +14,10 @@ use hedge::config::DatabasePath;
 use hedge::store::lease::{AcquireOutcome, LossCause, ReleaseOutcome, RenewOutcome};
 use hedge::store::schema::{self, SCHEMA_VERSION, SchemaError, TableNames};
 use hedge::store::spanner::{COMMIT_TIMESTAMP, SpannerOptions};
-use hedge::store::{LockKey, MemberHeartbeat, SpannerStore, Store, StoreError};
+use hedge::store::{
+    Candidate, LockKey, LogQuery, MemberHeartbeat, PermitOutcome, PermitRequest, PutMode,
+    PutOutcome, PutRequest, SemaphoreKey, SpannerStore, Store, StoreError,
+};
 use hedge_tests::require_emulator;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -727,14 +730,14 @@ async fn ensure_schema_creates_everything_once() {
     // A second table set in the same database gets its own tables and its own version row.
     let other = TableNames {
         locks: "Other_Locks".into(),
-        members: "other_members".into(),
-        schema: "hedge_schema".into(),
+        ..other_tables()
     };
     let report = schema::ensure_schema(&db, &other, &emulator.options())
         .await
         .expect("other");
-    // Two CREATE TABLE and their two version-3 columns; the schema table is shared.
-    assert_eq!(report.applied.len(), 4, "{report:?}");
+    // Two CREATE TABLE and their two version-3 columns, and the four tables and one index of
+    // version 4; the schema table is shared.
+    assert_eq!(report.applied.len(), 9, "{report:?}");
     assert_eq!(count(&raw, "SELECT COUNT(*) FROM hedge_schema").await, 2);
 }
 
@@ -815,11 +818,7 @@ async fn drop_schema_drops_only_the_named_tables() {
         .create_database_with_schema_default()
         .await
         .expect("db");
-    let other = TableNames {
-        locks: "other_locks".into(),
-        members: "other_members".into(),
-        schema: "hedge_schema".into(),
-    };
+    let other = other_tables();
     schema::ensure_schema(&db, &other, &emulator.options())
         .await
         .expect("other set");
@@ -831,7 +830,7 @@ async fn drop_schema_drops_only_the_named_tables() {
         )
         .await
     };
-    assert_eq!(tables_left().await, 5);
+    assert_eq!(tables_left().await, 13);
 
     // The schema table still records the other set: only this set's row goes.
     let dropped = schema::drop_schema(&db, &TableNames::default(), &emulator.options())
@@ -839,9 +838,17 @@ async fn drop_schema_drops_only_the_named_tables() {
         .expect("drop");
     assert_eq!(
         dropped,
-        ["DROP TABLE hedge_members", "DROP TABLE hedge_locks"]
+        [
+            "DROP INDEX hedge_log_by_request",
+            "DROP TABLE hedge_log",
+            "DROP TABLE hedge_log_keys",
+            "DROP TABLE hedge_permits",
+            "DROP TABLE hedge_semaphores",
+            "DROP TABLE hedge_members",
+            "DROP TABLE hedge_locks"
+        ]
     );
-    assert_eq!(tables_left().await, 3);
+    assert_eq!(tables_left().await, 7);
     assert_eq!(count(&raw, "SELECT COUNT(*) FROM hedge_schema").await, 1);
     let store = emulator
         .store_with_tables(&db, other.clone())
@@ -860,6 +867,11 @@ async fn drop_schema_drops_only_the_named_tables() {
     assert_eq!(
         dropped,
         [
+            "DROP INDEX other_log_by_request",
+            "DROP TABLE other_log",
+            "DROP TABLE other_log_keys",
+            "DROP TABLE other_permits",
+            "DROP TABLE other_semaphores",
             "DROP TABLE other_members",
             "DROP TABLE other_locks",
             "DROP TABLE hedge_schema"
@@ -870,6 +882,19 @@ async fn drop_schema_drops_only_the_named_tables() {
         .await
         .expect("drop again");
     assert!(again.is_empty());
+}
+
+/// A second table set sharing the schema table.
+fn other_tables() -> TableNames {
+    TableNames {
+        locks: "other_locks".into(),
+        members: "other_members".into(),
+        schema: "hedge_schema".into(),
+        log_keys: "other_log_keys".into(),
+        log: "other_log".into(),
+        semaphores: "other_semaphores".into(),
+        permits: "other_permits".into(),
+    }
 }
 
 #[tokio::test]
@@ -898,10 +923,57 @@ async fn delete_group_deletes_exactly_that_group() {
             ttl: LEASE,
         };
         s.heartbeat_member(group, &hb).await.expect("hb");
+        // A log key with two versions, and a semaphore with one permit.
+        for value in ["1", "2"] {
+            let put = PutRequest {
+                key: "k".into(),
+                value: value.into(),
+                writer: Candidate::new("a"),
+                token: None,
+                mode: PutMode::Append,
+                request_id: None,
+                fence: None,
+            };
+            assert!(matches!(
+                s.put(group, &put).await.expect("put"),
+                PutOutcome::Written(_)
+            ));
+        }
+        let sem = SemaphoreKey::new(group, "s");
+        s.define_semaphore(&sem, 2).await.expect("define");
+        let permit = PermitRequest {
+            permit_id: "p".into(),
+            holder: Candidate::new("a"),
+            lease: LEASE,
+        };
+        assert!(matches!(
+            s.acquire_permit(&sem, &permit).await.expect("permit"),
+            PermitOutcome::Granted { .. }
+        ));
     }
     let all: Vec<String> = s.groups().await.expect("groups").into_iter().collect();
     assert_eq!(all, ["X", "x", "x_y"]);
-    assert_eq!(s.delete_group("x").await.expect("delete"), 3);
+    // 2 locks, 1 member, 1 log key with 2 versions, 1 semaphore with 1 permit.
+    assert_eq!(s.delete_group("x").await.expect("delete"), 8);
+    assert!(
+        s.read_log("x", "k", LogQuery::all())
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    assert_eq!(
+        s.semaphore_state(&SemaphoreKey::new("x", "s"))
+            .await
+            .expect("state"),
+        None
+    );
+    assert_eq!(
+        s.read_log("x_y", "k", LogQuery::all())
+            .await
+            .expect("read")
+            .len(),
+        2
+    );
     let left: Vec<String> = s.groups().await.expect("groups").into_iter().collect();
     assert_eq!(
         left,

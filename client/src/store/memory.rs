@@ -23,6 +23,14 @@ use tokio::time::Instant;
 use super::lease::{
     self, AcquireDecision, AcquireOutcome, ObservedLock, ReleaseOutcome, RenewOutcome,
 };
+use super::log_rules::{
+    self, LogEntry, LogOrder, LogQuery, PutDecision, PutObservation, PutOutcome, PutRequest,
+    Retention,
+};
+use super::permits::{
+    self, DefineDecision, DefineOutcome, ObservedPermit, ObservedSemaphore, PermitDecision,
+    PermitOutcome, PermitRenewal, PermitRequest, SemaphoreKey, SemaphoreState,
+};
 use super::{
     Candidate, LockKey, LockState, MemberHeartbeat, MemberRecord, Store, StoreError, StoreResult,
 };
@@ -65,8 +73,40 @@ struct State {
     /// increasing.
     high_water: BTreeMap<LockKey, u64>,
     members: BTreeMap<(String, String), MemberRow>,
+    /// The log, by (group, key).
+    log: BTreeMap<(String, String), KeyLog>,
+    semaphores: BTreeMap<SemaphoreKey, SemaphoreRow>,
     latency: Latency,
     skew: ClockSkew,
+}
+
+/// One log key: its last sequence number (kept when versions are trimmed) and its versions.
+#[derive(Clone, Debug, Default)]
+struct KeyLog {
+    last_seq: u64,
+    versions: BTreeMap<u64, LogRow>,
+}
+
+#[derive(Clone, Debug)]
+struct LogRow {
+    entry: LogEntry,
+    committed: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct SemaphoreRow {
+    limit: u32,
+    last_token: u64,
+    permits: BTreeMap<String, PermitRow>,
+}
+
+#[derive(Clone, Debug)]
+struct PermitRow {
+    holder: String,
+    holder_incarnation: String,
+    token: u64,
+    lease: Duration,
+    heartbeat: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -169,6 +209,28 @@ impl MemoryStore {
             age: now.saturating_duration_since(row.heartbeat),
             granted_at: self.wall(row.granted_at),
         }
+    }
+}
+
+fn observe_permits(row: &SemaphoreRow, now: Instant) -> Vec<ObservedPermit> {
+    row.permits
+        .iter()
+        .map(|(id, p)| ObservedPermit {
+            permit_id: id.clone(),
+            holder: p.holder.clone(),
+            holder_incarnation: p.holder_incarnation.clone(),
+            token: p.token,
+            lease: p.lease,
+            age: now.saturating_duration_since(p.heartbeat),
+        })
+        .collect()
+}
+
+fn memory_corrupt(key: impl std::fmt::Display, message: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        table: "memory".into(),
+        key: key.to_string(),
+        message: message.to_string(),
     }
 }
 
@@ -336,6 +398,272 @@ impl Store for MemoryStore {
                     joined_at: self.wall(row.joined_at),
                 })
                 .collect())
+        })
+        .await
+    }
+
+    async fn put(&self, group: &str, request: &PutRequest) -> StoreResult<PutOutcome> {
+        request.validate()?;
+        self.step(|state, now| {
+            let map_key = (group.to_owned(), request.key.clone());
+            let key_log = state.log.get(&map_key);
+            let replay = request.request_id.as_ref().and_then(|id| {
+                key_log?
+                    .versions
+                    .values()
+                    .find(|row| row.entry.request_id.as_ref() == Some(id))
+                    .map(|row| row.entry.clone())
+            });
+            let lock = request.fence.as_ref().and_then(|name| {
+                let row = state.locks.get(&LockKey::new(group, name.as_str()))?;
+                Some(self.observe(row, now))
+            });
+            let observed = PutObservation {
+                last_seq: key_log.map(|k| k.last_seq),
+                replay,
+                lock,
+            };
+            let decision = log_rules::decide_put(request, &observed)
+                .map_err(|e| memory_corrupt(format!("{group}/{}", request.key), e))?;
+            match decision {
+                PutDecision::Replay(entry) => Ok(PutOutcome::Replayed(entry)),
+                PutDecision::Fenced { current } => Ok(PutOutcome::Fenced { current }),
+                PutDecision::Write { seq, replace_all } => {
+                    let entry = LogEntry {
+                        key: request.key.clone(),
+                        seq,
+                        id: uuid::Uuid::new_v4().to_string(),
+                        value: request.value.clone(),
+                        writer: request.writer.id.clone(),
+                        writer_incarnation: request.writer.incarnation.clone(),
+                        token: request.token,
+                        request_id: request.request_id.clone(),
+                        committed_at: self.wall(now),
+                    };
+                    let key_log = state.log.entry(map_key).or_default();
+                    if replace_all {
+                        key_log.versions.clear();
+                    }
+                    key_log.last_seq = seq;
+                    key_log.versions.insert(
+                        seq,
+                        LogRow {
+                            entry: entry.clone(),
+                            committed: now,
+                        },
+                    );
+                    Ok(PutOutcome::Written(entry))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn read_log(
+        &self,
+        group: &str,
+        key: &str,
+        query: LogQuery,
+    ) -> StoreResult<Vec<LogEntry>> {
+        log_rules::validate_key(key)?;
+        query.validate()?;
+        self.step(|state, _| {
+            let Some(key_log) = state.log.get(&(group.to_owned(), key.to_owned())) else {
+                return Ok(Vec::new());
+            };
+            let limit = query
+                .limit
+                .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+            let rows = key_log.versions.values();
+            let entries: Vec<LogEntry> = match query.order {
+                LogOrder::NewestFirst => rows.rev().take(limit).map(|r| r.entry.clone()).collect(),
+                LogOrder::OldestFirst => rows.take(limit).map(|r| r.entry.clone()).collect(),
+            };
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn list_log_keys(
+        &self,
+        group: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        log_rules::validate_prefix(prefix)?;
+        log_rules::validate_list_limit(limit)?;
+        self.step(|state, _| {
+            let from = (group.to_owned(), prefix.to_owned());
+            Ok(state
+                .log
+                .range(from..)
+                .take_while(|((g, k), _)| g == group && k.starts_with(prefix))
+                .filter(|((_, k), key_log)| {
+                    start_after.is_none_or(|after| k.as_str() > after)
+                        && !key_log.versions.is_empty()
+                })
+                .take(usize::try_from(limit).unwrap_or(usize::MAX))
+                .map(|((_, k), _)| k.clone())
+                .collect())
+        })
+        .await
+    }
+
+    async fn trim_log(&self, group: &str, key: &str, retention: Retention) -> StoreResult<u64> {
+        log_rules::validate_key(key)?;
+        retention.validate()?;
+        self.step(|state, now| {
+            let Some(key_log) = state.log.get_mut(&(group.to_owned(), key.to_owned())) else {
+                return Ok(0);
+            };
+            let newest_first: Vec<(u64, Duration)> = key_log
+                .versions
+                .iter()
+                .rev()
+                .map(|(seq, row)| (*seq, now.saturating_duration_since(row.committed)))
+                .collect();
+            let Some(cut) = log_rules::trim_cut(retention, &newest_first) else {
+                return Ok(0);
+            };
+            let kept = key_log.versions.split_off(&(cut + 1));
+            let dropped = key_log.versions.len();
+            key_log.versions = kept;
+            Ok(u64::try_from(dropped).unwrap_or(u64::MAX))
+        })
+        .await
+    }
+
+    async fn define_semaphore(&self, key: &SemaphoreKey, limit: u32) -> StoreResult<DefineOutcome> {
+        permits::validate_key(key)?;
+        permits::validate_limit(limit)?;
+        self.step(|state, _| {
+            let existing = state.semaphores.get(key).map(|row| row.limit);
+            match permits::decide_define(existing, limit) {
+                DefineDecision::Report(outcome) => Ok(outcome),
+                DefineDecision::Create => {
+                    state.semaphores.insert(
+                        key.clone(),
+                        SemaphoreRow {
+                            limit,
+                            last_token: 0,
+                            permits: BTreeMap::new(),
+                        },
+                    );
+                    Ok(DefineOutcome::Created)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn semaphore_state(&self, key: &SemaphoreKey) -> StoreResult<Option<SemaphoreState>> {
+        permits::validate_key(key)?;
+        self.step(|state, now| {
+            Ok(state.semaphores.get(key).map(|row| SemaphoreState {
+                limit: row.limit,
+                last_token: row.last_token,
+                holders: permits::live_holders(&observe_permits(row, now)),
+            }))
+        })
+        .await
+    }
+
+    async fn acquire_permit(
+        &self,
+        key: &SemaphoreKey,
+        request: &PermitRequest,
+    ) -> StoreResult<PermitOutcome> {
+        permits::validate_key(key)?;
+        request.validate()?;
+        self.step(|state, now| {
+            let floor = self.unix_micros(now);
+            let row = state.semaphores.get_mut(key);
+            let observed = row.as_ref().map(|r| {
+                (
+                    ObservedSemaphore {
+                        limit: r.limit,
+                        last_token: r.last_token,
+                    },
+                    observe_permits(r, now),
+                )
+            });
+            let (semaphore, seen) = match observed {
+                Some((s, p)) => (Some(s), p),
+                None => (None, Vec::new()),
+            };
+            let decision = permits::decide_acquire(semaphore, &seen, &request.permit_id, floor)
+                .map_err(|e| memory_corrupt(key, e))?;
+            match (decision, row) {
+                (PermitDecision::Report(outcome), _) => Ok(outcome),
+                (PermitDecision::Grant { token, reclaim }, Some(row)) => {
+                    for id in reclaim {
+                        row.permits.remove(&id);
+                    }
+                    row.last_token = token;
+                    row.permits.insert(
+                        request.permit_id.clone(),
+                        PermitRow {
+                            holder: request.holder.id.clone(),
+                            holder_incarnation: request.holder.incarnation.clone(),
+                            token,
+                            lease: request.lease,
+                            heartbeat: now,
+                        },
+                    );
+                    Ok(PermitOutcome::Granted { token })
+                }
+                (PermitDecision::Grant { .. }, None) => Ok(PermitOutcome::UnknownSemaphore),
+            }
+        })
+        .await
+    }
+
+    async fn renew_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+        token: u64,
+        lease: Duration,
+    ) -> StoreResult<PermitRenewal> {
+        permits::validate_key(key)?;
+        permits::validate_permit_id(permit_id)?;
+        permits::validate_lease(lease)?;
+        self.step(|state, now| {
+            let Some(row) = state.semaphores.get_mut(key) else {
+                return Ok(PermitRenewal::Gone);
+            };
+            let observed = observe_permits(row, now)
+                .into_iter()
+                .find(|p| p.permit_id == permit_id);
+            let outcome = permits::decide_renew(observed.as_ref(), token);
+            if outcome == PermitRenewal::Renewed
+                && let Some(permit) = row.permits.get_mut(permit_id)
+            {
+                permit.heartbeat = now;
+                permit.lease = lease;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn release_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+    ) -> StoreResult<ReleaseOutcome> {
+        permits::validate_key(key)?;
+        permits::validate_permit_id(permit_id)?;
+        self.step(|state, _| {
+            let removed = state
+                .semaphores
+                .get_mut(key)
+                .and_then(|row| row.permits.remove(permit_id));
+            Ok(match removed {
+                Some(_) => ReleaseOutcome::Released,
+                None => ReleaseOutcome::NotHolder,
+            })
         })
         .await
     }

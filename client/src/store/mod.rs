@@ -4,11 +4,15 @@
 //! transaction, or one critical section in memory. Everything above the store (timers, events,
 //! retries) is written once and runs unchanged on every backend.
 //!
-//! The decisions themselves (is the lease expired? which token comes next?) are pure functions in
-//! [`lease`], shared by every backend, so that the backends differ only in how they read and write.
+//! The decisions themselves (is the lease expired? which token comes next? which sequence number
+//! does a put get? is there room for another permit?) are pure functions in [`lease`],
+//! [`log_rules`] and [`permits`], shared by every backend, so that the backends differ only in
+//! how they read and write.
 
 pub mod lease;
+pub mod log_rules;
 pub mod memory;
+pub mod permits;
 pub mod schema;
 #[cfg(feature = "spanner")]
 pub mod spanner;
@@ -20,7 +24,14 @@ use async_trait::async_trait;
 
 pub use crate::names::TableNames;
 pub use lease::{AcquireOutcome, LockHolder, ReleaseOutcome, RenewOutcome};
+pub use log_rules::{
+    LogEntry, LogInputError, LogOrder, LogQuery, PutMode, PutOutcome, PutRequest, Retention,
+};
 pub use memory::{ClockSkew, Latency, MemoryStore};
+pub use permits::{
+    DefineOutcome, PermitHolder, PermitInputError, PermitOutcome, PermitRenewal, PermitRequest,
+    SemaphoreKey, SemaphoreState,
+};
 #[cfg(feature = "spanner")]
 pub use spanner::SpannerStore;
 
@@ -298,4 +309,80 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The members of `group` whose last heartbeat has not expired, ordered by id.
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>>;
+
+    /// Writes a version of a log key (see [`log_rules`]): one read-write transaction that reads
+    /// the key's row, the version carrying the request id and, for a fenced put, the lock row;
+    /// decides with [`log_rules::decide_put`]; and writes the version and the key's new
+    /// `last_seq` (for an overwrite, after deleting every earlier version).
+    ///
+    /// Invalid input ([`PutRequest::validate`]) fails with [`StoreError::InvalidRequest`] and
+    /// writes nothing.
+    async fn put(&self, group: &str, request: &PutRequest) -> StoreResult<PutOutcome>;
+
+    /// Reads versions of a log key (one strong read), ordered by sequence number as `query`
+    /// says; empty when the key has none.
+    async fn read_log(&self, group: &str, key: &str, query: LogQuery)
+    -> StoreResult<Vec<LogEntry>>;
+
+    /// The keys of `group` that start with `prefix` and have at least one version, in byte
+    /// order, after `start_after` when given, at most `limit` (one strong read).
+    async fn list_log_keys(
+        &self,
+        group: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Drops the versions of a log key that `retention` does not keep, in one read-write
+    /// transaction; returns how many were dropped. The key's `last_seq` stays, so sequence
+    /// numbers are never reused.
+    async fn trim_log(&self, group: &str, key: &str, retention: Retention) -> StoreResult<u64>;
+
+    /// Creates the semaphore `key` with `limit` if it does not exist (one read-write
+    /// transaction); an existing semaphore keeps its limit whatever is asked.
+    async fn define_semaphore(&self, key: &SemaphoreKey, limit: u32) -> StoreResult<DefineOutcome>;
+
+    /// A strong read of a semaphore and its live permits, `None` when it does not exist.
+    async fn semaphore_state(&self, key: &SemaphoreKey) -> StoreResult<Option<SemaphoreState>>;
+
+    /// Grants a permit of `key` if fewer than its limit are live (one read-write transaction
+    /// that counts the unexpired permits and reclaims the expired ones; see [`permits`]).
+    async fn acquire_permit(
+        &self,
+        key: &SemaphoreKey,
+        request: &PermitRequest,
+    ) -> StoreResult<PermitOutcome>;
+
+    /// Extends permit `permit_id` (token `token`) by `lease` from now, only while it is live.
+    async fn renew_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+        token: u64,
+        lease: Duration,
+    ) -> StoreResult<PermitRenewal>;
+
+    /// Deletes permit `permit_id` (live or expired): its slot is free at once.
+    async fn release_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+    ) -> StoreResult<ReleaseOutcome>;
+}
+
+impl From<LogInputError> for StoreError {
+    fn from(e: LogInputError) -> Self {
+        StoreError::InvalidRequest {
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<PermitInputError> for StoreError {
+    fn from(e: PermitInputError) -> Self {
+        StoreError::InvalidRequest {
+            message: e.to_string(),
+        }
+    }
 }

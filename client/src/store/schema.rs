@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// The newest schema version this crate writes and reads.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub use crate::names::{TableNames, TableNamesError};
 
@@ -80,15 +80,42 @@ impl SchemaError {
     }
 }
 
-/// One DDL statement and the table (and column) whose existence shows it was applied.
+/// One DDL statement and the table (and column, or index) whose existence shows it was applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DdlItem {
-    /// The table the statement creates or alters.
+    /// The table the statement creates or alters (or indexes).
     pub table: String,
     /// The column it adds, when it adds a column to an existing table.
     pub column: Option<String>,
+    /// The index it creates on `table`, when it creates an index.
+    pub index: Option<String>,
     /// The statement.
     pub statement: String,
+}
+
+impl DdlItem {
+    fn table(table: &str, statement: String) -> Self {
+        Self {
+            table: table.to_owned(),
+            column: None,
+            index: None,
+            statement,
+        }
+    }
+
+    fn column(table: &str, column: &str, statement: String) -> Self {
+        Self {
+            column: Some(column.to_owned()),
+            ..Self::table(table, statement)
+        }
+    }
+
+    fn index(table: &str, index: &str, statement: String) -> Self {
+        Self {
+            index: Some(index.to_owned()),
+            ..Self::table(table, statement)
+        }
+    }
 }
 
 /// The items that bring a schema to `version`.
@@ -117,31 +144,36 @@ impl fmt::Display for Migration {
 /// * Version 2: the member table.
 /// * Version 3: the incarnation of each lock holder and member (a value fresh for every process
 ///   start), so that a lost grant can be recognised and a restarted pod is a new member.
+/// * Version 4: the log (a key table, the versions interleaved in it, and a unique index of
+///   idempotency keys) and the semaphores (a definition table, the permits interleaved in it).
 pub fn migrations(tables: &TableNames) -> Vec<Migration> {
     let TableNames {
         locks,
         members,
         schema,
+        log_keys,
+        log,
+        semaphores,
+        permits,
     } = tables;
+    let log_index = tables.log_request_index();
     vec![
         Migration {
             version: 1,
             items: vec![
-                DdlItem {
-                    table: schema.clone(),
-                    column: None,
-                    statement: format!(
+                DdlItem::table(
+                    schema,
+                    format!(
                         "CREATE TABLE {schema} (\n\
                          \x20 table_set STRING(128) NOT NULL,\n\
                          \x20 version INT64 NOT NULL,\n\
                          \x20 updated_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
                          ) PRIMARY KEY (table_set)"
                     ),
-                },
-                DdlItem {
-                    table: locks.clone(),
-                    column: None,
-                    statement: format!(
+                ),
+                DdlItem::table(
+                    locks,
+                    format!(
                         "CREATE TABLE {locks} (\n\
                          \x20 group_name STRING(253) NOT NULL,\n\
                          \x20 lock_name STRING(253) NOT NULL,\n\
@@ -152,15 +184,14 @@ pub fn migrations(tables: &TableNames) -> Vec<Migration> {
                          \x20 granted_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
                          ) PRIMARY KEY (group_name, lock_name)"
                     ),
-                },
+                ),
             ],
         },
         Migration {
             version: 2,
-            items: vec![DdlItem {
-                table: members.clone(),
-                column: None,
-                statement: format!(
+            items: vec![DdlItem::table(
+                members,
+                format!(
                     "CREATE TABLE {members} (\n\
                      \x20 group_name STRING(253) NOT NULL,\n\
                      \x20 member_id STRING(253) NOT NULL,\n\
@@ -170,23 +201,92 @@ pub fn migrations(tables: &TableNames) -> Vec<Migration> {
                      \x20 joined_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
                      ) PRIMARY KEY (group_name, member_id)"
                 ),
-            }],
+            )],
         },
         Migration {
             version: 3,
             items: vec![
-                DdlItem {
-                    table: locks.clone(),
-                    column: Some("holder_incarnation".into()),
-                    statement: format!(
-                        "ALTER TABLE {locks} ADD COLUMN holder_incarnation STRING(64)"
+                DdlItem::column(
+                    locks,
+                    "holder_incarnation",
+                    format!("ALTER TABLE {locks} ADD COLUMN holder_incarnation STRING(64)"),
+                ),
+                DdlItem::column(
+                    members,
+                    "incarnation",
+                    format!("ALTER TABLE {members} ADD COLUMN incarnation STRING(64)"),
+                ),
+            ],
+        },
+        Migration {
+            version: 4,
+            items: vec![
+                DdlItem::table(
+                    log_keys,
+                    format!(
+                        "CREATE TABLE {log_keys} (\n\
+                         \x20 group_name STRING(253) NOT NULL,\n\
+                         \x20 log_key STRING(1024) NOT NULL,\n\
+                         \x20 last_seq INT64 NOT NULL,\n\
+                         \x20 created_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
+                         ) PRIMARY KEY (group_name, log_key)"
                     ),
-                },
-                DdlItem {
-                    table: members.clone(),
-                    column: Some("incarnation".into()),
-                    statement: format!("ALTER TABLE {members} ADD COLUMN incarnation STRING(64)"),
-                },
+                ),
+                DdlItem::table(
+                    log,
+                    format!(
+                        "CREATE TABLE {log} (\n\
+                         \x20 group_name STRING(253) NOT NULL,\n\
+                         \x20 log_key STRING(1024) NOT NULL,\n\
+                         \x20 seq INT64 NOT NULL,\n\
+                         \x20 entry_id STRING(36) NOT NULL,\n\
+                         \x20 value BYTES(MAX) NOT NULL,\n\
+                         \x20 writer STRING(253) NOT NULL,\n\
+                         \x20 writer_incarnation STRING(64) NOT NULL,\n\
+                         \x20 token INT64,\n\
+                         \x20 request_id STRING(128),\n\
+                         \x20 committed_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
+                         ) PRIMARY KEY (group_name, log_key, seq DESC),\n\
+                         \x20 INTERLEAVE IN PARENT {log_keys} ON DELETE CASCADE"
+                    ),
+                ),
+                DdlItem::index(
+                    log,
+                    &log_index,
+                    format!(
+                        "CREATE UNIQUE NULL_FILTERED INDEX {log_index} \
+                         ON {log} (group_name, log_key, request_id), INTERLEAVE IN {log_keys}"
+                    ),
+                ),
+                DdlItem::table(
+                    semaphores,
+                    format!(
+                        "CREATE TABLE {semaphores} (\n\
+                         \x20 group_name STRING(253) NOT NULL,\n\
+                         \x20 semaphore_name STRING(253) NOT NULL,\n\
+                         \x20 permit_limit INT64 NOT NULL,\n\
+                         \x20 last_token INT64 NOT NULL,\n\
+                         \x20 created_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
+                         ) PRIMARY KEY (group_name, semaphore_name)"
+                    ),
+                ),
+                DdlItem::table(
+                    permits,
+                    format!(
+                        "CREATE TABLE {permits} (\n\
+                         \x20 group_name STRING(253) NOT NULL,\n\
+                         \x20 semaphore_name STRING(253) NOT NULL,\n\
+                         \x20 permit_id STRING(64) NOT NULL,\n\
+                         \x20 holder STRING(253) NOT NULL,\n\
+                         \x20 holder_incarnation STRING(64) NOT NULL,\n\
+                         \x20 token INT64 NOT NULL,\n\
+                         \x20 lease_us INT64 NOT NULL,\n\
+                         \x20 heartbeat TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
+                         \x20 acquired_at TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp=true),\n\
+                         ) PRIMARY KEY (group_name, semaphore_name, permit_id),\n\
+                         \x20 INTERLEAVE IN PARENT {semaphores} ON DELETE CASCADE"
+                    ),
+                ),
             ],
         },
     ]
@@ -233,6 +333,10 @@ pub fn table_columns(tables: &TableNames) -> Vec<TableColumns> {
         ("locks", &tables.locks),
         ("members", &tables.members),
         ("schema", &tables.schema),
+        ("log", &tables.log),
+        ("log keys", &tables.log_keys),
+        ("semaphores", &tables.semaphores),
+        ("permits", &tables.permits),
     ];
     let mut out: Vec<TableColumns> = roles
         .iter()
@@ -243,7 +347,12 @@ pub fn table_columns(tables: &TableNames) -> Vec<TableColumns> {
             added: Default::default(),
         })
         .collect();
-    for item in migrations(tables).into_iter().flat_map(|m| m.items) {
+    // An index adds no column.
+    for item in migrations(tables)
+        .into_iter()
+        .flat_map(|m| m.items)
+        .filter(|item| item.index.is_none())
+    {
         let Some(entry) = out.iter_mut().find(|t| t.table == item.table) else {
             continue;
         };
@@ -290,6 +399,7 @@ mod provision {
     use google_cloud_spanner::mutation::Mutation;
     use google_cloud_spanner::statement::Statement;
     use google_cloud_spanner::transaction::ReadWriteTransaction;
+    use google_cloud_spanner::types;
 
     use super::{DdlItem, SCHEMA_VERSION, SchemaError, TableNames, migrations, table_columns};
     use crate::config::DatabasePath;
@@ -415,9 +525,10 @@ mod provision {
             .into_iter()
             .filter(|m| m.version <= target)
             .flat_map(|m| m.items)
-            .filter(|item| match &item.column {
-                None => !existing.has_table(&item.table),
-                Some(column) => !existing.has_column(&item.table, column),
+            .filter(|item| match (&item.column, &item.index) {
+                (Some(column), _) => !existing.has_column(&item.table, column),
+                (None, Some(index)) => !existing.has_index(index),
+                (None, None) => !existing.has_table(&item.table),
             })
             .collect();
         Ok(SchemaStatus {
@@ -453,9 +564,11 @@ mod provision {
         })
     }
 
-    /// Drops hedge's tables named in `tables` (and nothing else) from `db`: the member and lock
-    /// tables, then the schema table, unless the schema table still records another table set
-    /// (then only this set's row is deleted). Absent tables are skipped. Returns the DDL applied.
+    /// Drops hedge's tables named in `tables` (and nothing else) from `db`: the log's index, the
+    /// interleaved tables before their parents (log, log keys, permits, semaphores), the member
+    /// and lock tables, then the schema table, unless the schema table still records another
+    /// table set (then only this set's row is deleted). Absent tables are skipped. Returns the
+    /// DDL applied.
     pub async fn drop_schema(
         db: &DatabasePath,
         tables: &TableNames,
@@ -468,11 +581,24 @@ mod provision {
             .map_err(spanner_error("connecting"))?;
         let existing = Existing::read(&conn, tables).await?;
         existing.check_ours(tables)?;
-        let mut statements: Vec<String> = [&tables.members, &tables.locks]
+        let index = tables.log_request_index();
+        let mut statements: Vec<String> = Vec::new();
+        if existing.has_index(&index) {
+            statements.push(format!("DROP INDEX {index}"));
+        }
+        statements.extend(
+            [
+                &tables.log,
+                &tables.log_keys,
+                &tables.permits,
+                &tables.semaphores,
+                &tables.members,
+                &tables.locks,
+            ]
             .into_iter()
             .filter(|t| existing.has_table(t))
-            .map(|t| format!("DROP TABLE {t}"))
-            .collect();
+            .map(|t| format!("DROP TABLE {t}")),
+        );
         let mut delete_own_row = false;
         if existing.has_table(&tables.schema) {
             let schema = &tables.schema;
@@ -527,22 +653,25 @@ mod provision {
         Ok(statements)
     }
 
-    /// The tables and columns of the table set that exist, lower-cased (Spanner names are
-    /// case-insensitive).
+    /// The tables, columns and indexes of the table set that exist, lower-cased (Spanner names
+    /// are case-insensitive).
     struct Existing {
         columns: BTreeSet<(String, String)>,
+        indexes: BTreeSet<String>,
     }
 
     impl Existing {
         async fn read(conn: &Connection, tables: &TableNames) -> Result<Self, SchemaError> {
+            let names: Vec<String> = tables
+                .roles()
+                .iter()
+                .map(|(_, name)| name.to_ascii_lowercase())
+                .collect();
             let statement = Statement::builder(
                 "SELECT TABLE_NAME, COLUMN_NAME FROM INFORMATION_SCHEMA.COLUMNS \
-                 WHERE TABLE_SCHEMA = '' \
-                 AND LOWER(TABLE_NAME) IN (LOWER(@t0), LOWER(@t1), LOWER(@t2))",
+                 WHERE TABLE_SCHEMA = '' AND LOWER(TABLE_NAME) IN UNNEST(@tables)",
             )
-            .add_param("t0", tables.locks.as_str())
-            .add_param("t1", tables.members.as_str())
-            .add_param("t2", tables.schema.as_str());
+            .add_typed_param("tables", names, types::array(types::string()));
             let ctx = conn.context(None);
             let rows = conn
                 .query(&ctx, "reading INFORMATION_SCHEMA", statement, |row| {
@@ -560,9 +689,32 @@ mod provision {
                 })
                 .await
                 .map_err(spanner_error("reading the existing tables"))?;
+            let statement = Statement::builder(
+                "SELECT INDEX_NAME FROM INFORMATION_SCHEMA.INDEXES \
+                 WHERE TABLE_SCHEMA = '' AND INDEX_TYPE = 'INDEX' \
+                 AND LOWER(INDEX_NAME) = LOWER(@index)",
+            )
+            .add_param("index", tables.log_request_index());
+            let indexes = conn
+                .query(&ctx, "reading INFORMATION_SCHEMA", statement, |row| {
+                    row.get::<String>("INDEX_NAME")
+                        .map(|name| name.to_ascii_lowercase())
+                        .map_err(|e| StoreError::Corrupt {
+                            table: "INFORMATION_SCHEMA.INDEXES".into(),
+                            key: "INDEX_NAME".into(),
+                            message: e.to_string(),
+                        })
+                })
+                .await
+                .map_err(spanner_error("reading the existing indexes"))?;
             Ok(Self {
                 columns: rows.into_iter().collect(),
+                indexes: indexes.into_iter().collect(),
             })
+        }
+
+        fn has_index(&self, index: &str) -> bool {
+            self.indexes.contains(&index.to_ascii_lowercase())
         }
 
         fn has_table(&self, table: &str) -> bool {
@@ -767,6 +919,14 @@ mod tests {
         tables.validate().unwrap();
         let versions: Vec<i64> = migrations(&tables).iter().map(|m| m.version).collect();
         assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
-        assert_eq!(ddl(&tables).len(), 5);
+        assert_eq!(ddl(&tables).len(), 10);
+        // Every item says how to tell it was applied.
+        let v4 = &migrations(&tables)[3];
+        assert_eq!(v4.version, 4);
+        assert!(
+            v4.items
+                .iter()
+                .any(|i| i.index.as_deref() == Some("hedge_log_by_request"))
+        );
     }
 }

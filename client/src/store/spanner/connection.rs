@@ -7,6 +7,7 @@ use google_cloud_gax::options::RequestOptions;
 use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_spanner::channel_pool::StaticChannelPoolConfig;
 use google_cloud_spanner::client::{DatabaseAdmin, DatabaseClient, Spanner, SpannerBuilderExt};
+use google_cloud_spanner::read::ConfiguredReadRequestBuilder;
 use google_cloud_spanner::result::Row;
 use google_cloud_spanner::retry_policy::SpannerRetryPolicy;
 use google_cloud_spanner::statement::StatementBuilder;
@@ -116,6 +117,41 @@ impl Connection {
                 .set_timestamp_bound(TimestampBound::strong())
                 .build()
                 .execute_query(statement)
+                .await
+                .map_err(|e| map_error(ctx, op, e))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(|e| map_error(ctx, op, e))?;
+                out.push(convert(&row)?);
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(timeout)))
+    }
+
+    /// Runs one strong single-use read by key (Spanner's Read API: a key lookup or a key range,
+    /// in primary key order, without the SQL engine), bounded by the operation timeout.
+    pub(crate) async fn read<T>(
+        &self,
+        ctx: &ErrorContext<'_>,
+        op: &str,
+        request: ConfiguredReadRequestBuilder,
+        mut convert: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let timeout = self.options.operation_timeout;
+        let request = request
+            .with_attempt_timeout(inner_deadline(timeout))
+            .with_retry_policy(SpannerRetryPolicy::new().with_time_limit(inner_deadline(timeout)))
+            .build();
+        let run = async {
+            let mut rows = self
+                .client
+                .single_use()
+                .set_timestamp_bound(TimestampBound::strong())
+                .build()
+                .execute_read(request)
                 .await
                 .map_err(|e| map_error(ctx, op, e))?;
             let mut out = Vec::new();

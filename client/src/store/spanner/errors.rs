@@ -155,6 +155,22 @@ fn map_transport_error(
     }
 }
 
+/// Whether `e` is Spanner's ALREADY_EXISTS: an insert found its key (or a unique index entry)
+/// taken.
+pub(crate) fn is_already_exists(e: &StoreError) -> bool {
+    let StoreError::Backend {
+        source: Some(source),
+        ..
+    } = e
+    else {
+        return false;
+    };
+    source
+        .downcast_ref::<google_cloud_spanner::Error>()
+        .and_then(google_cloud_spanner::Error::status)
+        .is_some_and(|status| status.code == Code::AlreadyExists)
+}
+
 /// Whether Spanner says a column, index or other schema object (not a table) is missing.
 fn is_schema_object_missing(message: &str) -> bool {
     [

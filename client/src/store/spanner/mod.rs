@@ -39,8 +39,9 @@
 //! * [`options`]: how to reach Spanner; `connection.rs`: the client, deadlines, queries;
 //!   `errors.rs`: Spanner's errors classified by what retrying can fix;
 //! * `locks.rs`: acquire, renew, release (one transaction each, written once);
-//!   `members.rs`: the member rows; `rows.rs`: column decoding; `status.rs`: the operator's
-//!   one-call read of a group.
+//!   `members.rs`: the member rows; `log.rs`: the log's puts, reads, listings and trims;
+//!   `semaphores.rs`: definitions and permits; `rows.rs`: column decoding; `status.rs`: the
+//!   operator's one-call read of a group.
 //!
 //! # Emulator
 //!
@@ -53,9 +54,11 @@
 mod connection;
 mod errors;
 mod locks;
+mod log;
 mod members;
 mod options;
 mod rows;
+mod semaphores;
 mod status;
 
 use std::sync::Arc;
@@ -77,7 +80,9 @@ pub use status::GroupStatus;
 
 use super::lease::{AcquireOutcome, ReleaseOutcome, RenewOutcome};
 use super::{
-    Candidate, LockKey, LockState, MemberHeartbeat, MemberRecord, Store, StoreError, StoreResult,
+    Candidate, DefineOutcome, LockKey, LockState, LogEntry, LogQuery, MemberHeartbeat,
+    MemberRecord, PermitOutcome, PermitRenewal, PermitRequest, PutOutcome, PutRequest, Retention,
+    SemaphoreKey, SemaphoreState, Store, StoreError, StoreResult,
 };
 use crate::names::{DatabasePath, TableNames};
 
@@ -158,31 +163,64 @@ impl SpannerStore {
         drop(self);
     }
 
-    /// Deletes every lock row and member row of `group` (exact match on the group column, never
-    /// a prefix), in one transaction: the operator's deletion policy for a removed group.
-    /// Returns how many rows were deleted.
+    /// Deletes every row of `group` from every table of the set that exists (exact match on
+    /// the group column, never a prefix), in one transaction: the operator's deletion policy
+    /// for a removed group. Returns how many rows were deleted.
+    ///
+    /// Each table's rows go in one range delete (one mutation, however many rows), so a group
+    /// with a long log is deleted as quickly as an empty one; interleaved tables go before their
+    /// parents. Tables missing from an older schema are skipped.
     pub async fn delete_group(&self, group: &str) -> StoreResult<u64> {
-        let locks = self.tables.locks.clone();
-        let members = self.tables.members.clone();
+        let existing = self.existing_tables().await?;
+        let t = &self.tables;
+        let tables: Vec<String> = [
+            &t.log,
+            &t.log_keys,
+            &t.permits,
+            &t.semaphores,
+            &t.members,
+            &t.locks,
+        ]
+        .into_iter()
+        .filter(|name| existing.contains(&name.to_ascii_lowercase()))
+        .cloned()
+        .collect();
         let group = group.to_owned();
         let deleted = self
             .read_write(
                 "deleting a group",
                 &self.tables.locks,
                 move |tx: ReadWriteTransaction| {
-                    let (locks, members, group) = (locks.clone(), members.clone(), group.clone());
+                    let (tables, group) = (tables.clone(), group.clone());
                     async move {
                         let mut total = 0i64;
-                        for table in [&locks, &members] {
-                            total += tx
-                                .execute_update(
+                        let prefix = || {
+                            google_cloud_spanner::key::Key::new(vec![
+                                google_cloud_spanner::value::Value::from(group.clone()),
+                            ])
+                        };
+                        for table in &tables {
+                            let mut rows = tx
+                                .execute_query(
                                     Statement::builder(format!(
-                                        "DELETE FROM {table} WHERE group_name = @g"
+                                        "SELECT COUNT(*) AS n FROM {table} WHERE group_name = @g"
                                     ))
                                     .add_param("g", group.as_str())
                                     .build(),
                                 )
                                 .await?;
+                            if let Some(row) = rows.next().await.transpose()? {
+                                total += row.get::<i64>("n")?;
+                            }
+                            tx.buffer([google_cloud_spanner::mutation::Mutation::delete(
+                                table.as_str(),
+                                google_cloud_spanner::key::KeySet::builder()
+                                    .add_range(google_cloud_spanner::key::KeyRange::closed_closed(
+                                        prefix(),
+                                        prefix(),
+                                    ))
+                                    .build(),
+                            )])?;
                         }
                         Ok(Ok(total))
                     }
@@ -190,6 +228,34 @@ impl SpannerStore {
             )
             .await?;
         Ok(u64::try_from(deleted).unwrap_or(0))
+    }
+
+    /// The tables of this set that exist in the database, lower-cased.
+    async fn existing_tables(&self) -> StoreResult<std::collections::BTreeSet<String>> {
+        let names: Vec<String> = self
+            .tables
+            .roles()
+            .iter()
+            .map(|(_, name)| name.to_ascii_lowercase())
+            .collect();
+        let statement = Statement::builder(
+            "SELECT TABLE_NAME FROM INFORMATION_SCHEMA.TABLES \
+             WHERE TABLE_SCHEMA = '' AND LOWER(TABLE_NAME) IN UNNEST(@tables)",
+        )
+        .add_typed_param(
+            "tables",
+            names,
+            google_cloud_spanner::types::array(google_cloud_spanner::types::string()),
+        );
+        let found = self
+            .query(
+                "reading INFORMATION_SCHEMA",
+                "INFORMATION_SCHEMA.TABLES",
+                statement,
+                |row| column::<String>(row, "INFORMATION_SCHEMA.TABLES", "-", "TABLE_NAME"),
+            )
+            .await?;
+        Ok(found.iter().map(|t| t.to_ascii_lowercase()).collect())
     }
 
     /// Brings this store's tables to the newest schema version on the store's own connection;
@@ -201,11 +267,17 @@ impl SpannerStore {
         super::schema::ensure_on(&self.conn, &self.tables, super::schema::SCHEMA_VERSION).await
     }
 
-    /// The groups that have rows (live or not) in this table set's lock or member table, so
-    /// that the operator can tell whether dropping the tables would hurt another group.
+    /// The groups that have rows (live or not) in this table set's lock, member, log key or
+    /// semaphore table, so that the operator can tell whether dropping the tables would hurt
+    /// another group. Tables missing from an older schema are skipped.
     pub async fn groups(&self) -> StoreResult<std::collections::BTreeSet<String>> {
+        let existing = self.existing_tables().await?;
         let mut groups = std::collections::BTreeSet::new();
-        for table in [&self.tables.locks, &self.tables.members] {
+        let t = &self.tables;
+        for table in [&t.locks, &t.members, &t.log_keys, &t.semaphores]
+            .into_iter()
+            .filter(|name| existing.contains(&name.to_ascii_lowercase()))
+        {
             let statement = Statement::builder(format!("SELECT DISTINCT group_name FROM {table}"));
             let found = self
                 .query("listing groups", table, statement, |row| {
@@ -253,7 +325,21 @@ impl SpannerStore {
 
     /// Runs `work` as one read-write transaction, bounded by the operation timeout. `work`
     /// returns `Ok(Err(_))` for a decision error (corrupt data): nothing is buffered then.
-    async fn read_write<T, F>(&self, op: &str, table: &str, mut work: F) -> StoreResult<T>
+    async fn read_write<T, F>(&self, op: &str, table: &str, work: F) -> StoreResult<T>
+    where
+        F: AsyncFnMut(ReadWriteTransaction) -> google_cloud_spanner::Result<StoreResult<T>>,
+    {
+        Ok(self.read_write_committed(op, table, work).await?.0)
+    }
+
+    /// [`Self::read_write`], also returning the commit timestamp (`None` if Spanner did not
+    /// report one, which it does for every commit that wrote something).
+    async fn read_write_committed<T, F>(
+        &self,
+        op: &str,
+        table: &str,
+        mut work: F,
+    ) -> StoreResult<(T, Option<std::time::SystemTime>)>
     where
         F: AsyncFnMut(ReadWriteTransaction) -> google_cloud_spanner::Result<StoreResult<T>>,
     {
@@ -279,8 +365,26 @@ impl SpannerStore {
         match tokio::time::timeout(timeout, run).await {
             Err(_) => Err(StoreError::Timeout(timeout)),
             Ok(Err(e)) => Err(map_error(&self.context(table), op, e)),
-            Ok(Ok(result)) => result.into_inner(),
+            Ok(Ok(result)) => {
+                let committed = result
+                    .commit_timestamp()
+                    .and_then(|ts| std::time::SystemTime::try_from(ts).ok());
+                Ok((result.into_inner()?, committed))
+            }
         }
+    }
+
+    /// Runs one strong single-use read by key and converts each row with `convert`.
+    async fn read<T>(
+        &self,
+        op: &str,
+        table: &str,
+        request: google_cloud_spanner::read::ConfiguredReadRequestBuilder,
+        convert: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        self.conn
+            .read(&self.context(table), op, request, convert)
+            .await
     }
 
     /// Runs one strong single-use query and converts each row with `convert`.
@@ -341,5 +445,66 @@ impl Store for SpannerStore {
 
     async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
         self.live_members(group).await
+    }
+
+    async fn put(&self, group: &str, request: &PutRequest) -> StoreResult<PutOutcome> {
+        self.put_entry(group, request).await
+    }
+
+    async fn read_log(
+        &self,
+        group: &str,
+        key: &str,
+        query: LogQuery,
+    ) -> StoreResult<Vec<LogEntry>> {
+        self.read_entries(group, key, query).await
+    }
+
+    async fn list_log_keys(
+        &self,
+        group: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<String>> {
+        self.list_keys(group, prefix, start_after, limit).await
+    }
+
+    async fn trim_log(&self, group: &str, key: &str, retention: Retention) -> StoreResult<u64> {
+        self.trim_entries(group, key, retention).await
+    }
+
+    async fn define_semaphore(&self, key: &SemaphoreKey, limit: u32) -> StoreResult<DefineOutcome> {
+        self.create_semaphore(key, limit).await
+    }
+
+    async fn semaphore_state(&self, key: &SemaphoreKey) -> StoreResult<Option<SemaphoreState>> {
+        self.read_semaphore_state(key).await
+    }
+
+    async fn acquire_permit(
+        &self,
+        key: &SemaphoreKey,
+        request: &PermitRequest,
+    ) -> StoreResult<PermitOutcome> {
+        self.grant_permit(key, request).await
+    }
+
+    async fn renew_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+        token: u64,
+        lease: Duration,
+    ) -> StoreResult<PermitRenewal> {
+        self.extend_permit(key, permit_id, token, lease).await
+    }
+
+    async fn release_permit(
+        &self,
+        key: &SemaphoreKey,
+        permit_id: &str,
+    ) -> StoreResult<ReleaseOutcome> {
+        self.delete_permit(key, permit_id).await
     }
 }
