@@ -15,7 +15,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="hedge-demo" \
       org.opencontainers.image.description="Example hedge group member" \
-      org.opencontainers.image.source="https://github.com/hedge-rs/hedge" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/hedge-demo /usr/local/bin/hedge-demo
 USER 65532:65532
