@@ -22,7 +22,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hedge::ElectionTimings;
+use hedge::store::{LogQuery, Store};
+use hedge::{DatabasePath, ElectionTimings};
 use serde::Serialize;
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -30,7 +31,7 @@ use super::check::{self, History, Violation};
 use super::mono_ns;
 use super::process::{MemberProcess, ProcessError, Spec, State};
 use super::proxy::{Direction, LinkFault, Proxy, ProxyError};
-use super::record::{FaultEvent, ProcessLife, Record};
+use super::record::{FaultEvent, LOG_PREFIX, ProcessLife, REGISTER_KEY, Record, SEMAPHORE_LIMIT};
 use super::schedule::{FaultKind, PlannedFault, Profile, RunPlan, Target};
 use crate::emulator::{Emulator, HarnessError};
 
@@ -64,6 +65,9 @@ pub enum ChaosError {
     /// The members elected no leader at the start.
     #[error("no leader within {0:?} of starting the members; their last lines:\n{1}")]
     NoFirstLeader(Duration, String),
+    /// The member program cannot be found.
+    #[error(transparent)]
+    Program(#[from] super::program::ProgramError),
     /// The final state could not be read.
     #[error("cannot read the final state: {0}")]
     FinalState(String),
@@ -300,6 +304,13 @@ pub async fn run(profile: &Profile, index: u32, program: &Path) -> Result<RunRep
     // Whatever happened, every member is stopped before anything else.
     running.stop_all().await;
     outcome?;
+    let (register, log) = match final_state(&emulator, &db).await {
+        Ok(state) => state,
+        Err(e) => {
+            drop(running.slots);
+            return Err(e);
+        }
+    };
     let history = History {
         records: running
             .processes
@@ -307,7 +318,9 @@ pub async fn run(profile: &Profile, index: u32, program: &Path) -> Result<RunRep
             .flat_map(MemberProcess::records)
             .collect(),
         lives: running.lives.clone(),
-        ..History::default()
+        register: Some(register),
+        log: Some(log),
+        semaphore_limit: Some(SEMAPHORE_LIMIT),
     };
     for p in &running.processes {
         let malformed = p.with_output(|o| o.malformed);
@@ -327,7 +340,7 @@ pub async fn run(profile: &Profile, index: u32, program: &Path) -> Result<RunRep
         aborting_emulator: plan.aborting_emulator,
         duration_s: began.elapsed().as_secs_f64(),
         faults: count_faults(&running.events, plan.aborting_emulator),
-        failover_ms: failovers(&running.events, &history),
+        failover_ms: failovers(&running.events, &history, profile.lease),
         terms: terms.len() as u64,
         leader_changes: (terms.len() as u64).saturating_sub(1),
         paused_past_deadline: terms.values().filter(|t| t.paused_past_deadline).count() as u64,
@@ -672,6 +685,8 @@ fn member_spec(
         ("HEDGE_MEMBER_HEARTBEAT_MS", "500".to_owned()),
         ("HEDGE_MEMBER_TTL_MS", "3000".to_owned()),
         ("HEDGE_DEMO_WORKLOAD", "chaos".to_owned()),
+        // Every member's HTTP API on a port of its own.
+        ("HEDGE_DEMO_HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
     ];
     Spec {
@@ -700,8 +715,55 @@ fn count_faults(events: &[FaultEvent], aborting: bool) -> BTreeMap<String, u64> 
     faults
 }
 
-/// For each fault that hit the leader: the time until a term with a greater token began.
-fn failovers(events: &[FaultEvent], history: &History) -> BTreeMap<String, Vec<f64>> {
+/// Reads the register's versions and the members' log keys from the emulator, after the run.
+type FinalState = (Vec<(u64, String)>, BTreeMap<String, Vec<(u64, String)>>);
+
+async fn final_state(emulator: &Emulator, db: &DatabasePath) -> Result<FinalState, ChaosError> {
+    let failed = |e: hedge::StoreError| ChaosError::FinalState(e.to_string());
+    let store = emulator.store(db).await.map_err(failed)?;
+    let text = |entries: Vec<hedge::store::LogEntry>| {
+        entries
+            .into_iter()
+            .map(|e| (e.seq, String::from_utf8_lossy(&e.value).into_owned()))
+            .collect::<Vec<_>>()
+    };
+    let register = text(
+        store
+            .read_log(GROUP, REGISTER_KEY, LogQuery::all())
+            .await
+            .map_err(failed)?,
+    );
+    let mut log = BTreeMap::new();
+    let mut after: Option<String> = None;
+    // Bounded: a run has a handful of members, so a handful of keys.
+    for _ in 0..100 {
+        let keys = store
+            .list_log_keys(GROUP, LOG_PREFIX, after.as_deref(), 100)
+            .await
+            .map_err(failed)?;
+        let Some(last) = keys.last().cloned() else {
+            break;
+        };
+        for key in keys {
+            let versions = store
+                .read_log(GROUP, &key, LogQuery::all())
+                .await
+                .map_err(failed)?;
+            log.insert(key, text(versions));
+        }
+        after = Some(last);
+    }
+    Ok((register, log))
+}
+
+/// For each fault that hit the leader and ended its term: the time until a term with a greater
+/// token began. A fault the leader rode out (a latency it renewed through) has no sample: the
+/// next term must begin within two leases of the fault's healing to count.
+fn failovers(
+    events: &[FaultEvent],
+    history: &History,
+    lease: Duration,
+) -> BTreeMap<String, Vec<f64>> {
     let mut starts: Vec<(u64, u64)> = history
         .records
         .iter()
@@ -719,7 +781,11 @@ fn failovers(events: &[FaultEvent], history: &History) -> BTreeMap<String, Vec<f
             .filter(|(token, since)| *token > old && *since >= e.at)
             .map(|(_, since)| *since)
             .min();
-        if let Some(since) = next {
+        let bound = e
+            .healed
+            .unwrap_or(e.at)
+            .saturating_add(u64::try_from((lease * 2).as_nanos()).unwrap_or(u64::MAX));
+        if let Some(since) = next.filter(|since| *since <= bound) {
             samples
                 .entry(e.kind.as_str().to_owned())
                 .or_default()

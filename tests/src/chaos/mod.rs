@@ -5,6 +5,7 @@
 //!   each member and the emulator and in front of each member's peer port.
 //! * [`process`]: member processes started, signalled (SIGKILL, SIGSTOP, SIGCONT, SIGTERM) and
 //!   reaped by PID, every wait bounded.
+//! * [`program`]: finding (and building) the member program.
 //! * [`schedule`]: the seeded plan of each run (which faults, whom, when, how long).
 //! * [`record`]: what the members and the harness record, on `CLOCK_MONOTONIC`.
 //! * [`check`]: the checkers (leadership, acting after a term, the fenced register, semaphores,
@@ -19,6 +20,7 @@
 pub mod check;
 pub mod cluster;
 pub mod process;
+pub mod program;
 pub mod proxy;
 pub mod record;
 pub mod schedule;
@@ -26,6 +28,7 @@ pub mod schedule;
 pub use check::{History, Violation};
 pub use cluster::{ChaosError, ProfileReport, RunReport, run, run_profile};
 pub use proxy::{Direction, LinkFault, Proxy};
+pub use program::member_program;
 pub use schedule::{FaultKind, Profile};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the host (it is the clock

@@ -409,7 +409,7 @@ fn the_semaphore_never_holds_more_than_its_limit() {
     let history = History {
         records: vec![
             permit(1, "a", 100, 1000),
-            permit(2, "b", 100, 180),
+            permit(2, "b", 160, 180),
             permit(3, "c", 190, 1000),
         ],
         lives: vec![
