@@ -514,13 +514,16 @@ pub fn messaging(history: &History, terms: &BTreeMap<(u32, u64), TermView>) -> V
     violations
 }
 
-/// The fenced register: every version follows the one before it, tokens never go back, no
+/// The fenced register (`versions` in any order): every version follows the one before it, tokens never go back, no
 /// update twice, every acknowledged update kept.
 pub fn register(records: &[Stamped], versions: &[(u64, String)]) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut previous: Option<(u64, u64)> = None;
     let mut seen = BTreeSet::new();
-    for (seq, text) in versions {
+    // Oldest first, whatever order they were read in.
+    let mut versions = versions.to_vec();
+    versions.sort_by_key(|(seq, _)| *seq);
+    for (seq, text) in &versions {
         let Ok(value) = serde_json::from_str::<RegisterValue>(text) else {
             violations.push(Violation::RegisterUnreadable {
                 seq: *seq,

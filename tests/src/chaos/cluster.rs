@@ -722,10 +722,13 @@ async fn final_state(emulator: &Emulator, db: &DatabasePath) -> Result<FinalStat
     let failed = |e: hedge::StoreError| ChaosError::FinalState(e.to_string());
     let store = emulator.store(db).await.map_err(failed)?;
     let text = |entries: Vec<hedge::store::LogEntry>| {
-        entries
+        // Read newest first; kept oldest first, as `History` says.
+        let mut versions = entries
             .into_iter()
             .map(|e| (e.seq, String::from_utf8_lossy(&e.value).into_owned()))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        versions.sort_by_key(|(seq, _)| *seq);
+        versions
     };
     let register = text(
         store

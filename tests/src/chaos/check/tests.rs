@@ -313,6 +313,9 @@ fn the_register_finds_lost_reordered_repeated_and_missing_updates() {
         (3, register_value(11, 1, (10, 2))),
     ];
     assert_eq!(register(&[stamped(write(10, 2))], &ok), vec![]);
+    // The store reads newest first: the order of the input does not matter.
+    let newest_first: Vec<_> = ok.iter().rev().cloned().collect();
+    assert_eq!(register(&[stamped(write(10, 2))], &newest_first), vec![]);
     // Two writers read version 1 and both wrote: the second lost the first's update.
     let lost = vec![
         (1, register_value(10, 1, (0, 0))),
