@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use hedge_tests::chaos::schedule::seed_from_env;
-use hedge_tests::chaos::{ProfileReport, member_program, run_profile};
 use hedge_tests::chaos::{Profile, cluster::WorkloadCounts};
+use hedge_tests::chaos::{ProfileReport, member_program, run_profile};
 use serde::Serialize;
 
 use crate::stats::{Summary, summarize};

@@ -310,7 +310,10 @@ async fn register_loop(hedge: &Hedge, shutdown: &CancellationToken) {
                     // Unknown: retry the same update (same key) while the term lasts; once it
                     // is over, the fence refuses it anyway, and the next leader reads whatever
                     // landed.
-                    _ if attempts < 5 && !term.cancelled.is_cancelled() && !shutdown.is_cancelled() => {
+                    _ if attempts < 5
+                        && !term.cancelled.is_cancelled()
+                        && !shutdown.is_cancelled() =>
+                    {
                         sleep(Duration::from_millis(50)).await;
                     }
                     _ => break,
@@ -482,7 +485,10 @@ mod tests {
         let future = ns(now + Duration::from_millis(5));
         // Within a millisecond of the expected values (the two clocks are read a moment apart).
         assert!(past.abs_diff(mono - 5_000_000) < 1_000_000, "{past} {mono}");
-        assert!(future.abs_diff(mono + 5_000_000) < 1_000_000, "{future} {mono}");
+        assert!(
+            future.abs_diff(mono + 5_000_000) < 1_000_000,
+            "{future} {mono}"
+        );
     }
 
     #[test]

@@ -87,7 +87,11 @@ pub struct TableArgs {
     #[arg(long, env = "HEDGE_LOG_TABLE", default_value = "hedge_log")]
     pub log_table: String,
     /// The semaphore table.
-    #[arg(long, env = "HEDGE_SEMAPHORE_TABLE", default_value = "hedge_semaphores")]
+    #[arg(
+        long,
+        env = "HEDGE_SEMAPHORE_TABLE",
+        default_value = "hedge_semaphores"
+    )]
     pub semaphore_table: String,
     /// The permit table.
     #[arg(long, env = "HEDGE_PERMIT_TABLE", default_value = "hedge_permits")]

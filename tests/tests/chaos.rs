@@ -54,7 +54,10 @@ async fn the_ci_profile_finds_no_violation() {
     // The run did what it claims: every kind of fault, a leader change, and each workload.
     let faults = report.faults();
     assert!(faults.len() >= 4, "seed {seed}: faults {faults:?}");
-    assert!(report.leader_changes() >= 1, "seed {seed}: no leader change");
+    assert!(
+        report.leader_changes() >= 1,
+        "seed {seed}: no leader change"
+    );
     let w = report.workload();
     assert!(
         w.register_writes > 0 && w.puts > 0 && w.permits > 0 && w.sends_ok > 0,

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use hedge::config::{
-    ENV_DATABASE, ENV_GROUP, ENV_LEASE_MS, ENV_MEMBER_HEARTBEAT_MS, ENV_MEMBER_ID, ENV_MEMBER_TTL_MS,
-    ENV_POD_IP, ENV_POD_NAME, ENV_POLL_INTERVAL_MS, ENV_RENEW_INTERVAL_MS, ENV_SAFETY_MARGIN_MS,
-    ENV_SPANNER_EMULATOR_HOST,
+    ENV_DATABASE, ENV_GROUP, ENV_LEASE_MS, ENV_MEMBER_HEARTBEAT_MS, ENV_MEMBER_ID,
+    ENV_MEMBER_TTL_MS, ENV_POD_IP, ENV_POD_NAME, ENV_POLL_INTERVAL_MS, ENV_RENEW_INTERVAL_MS,
+    ENV_SAFETY_MARGIN_MS, ENV_SPANNER_EMULATOR_HOST,
 };
 use hedge::peer::auth::{ENV_GROUP_SECRET, ENV_GROUP_SECRET_FILE};
 use hedge::peer::wire::{
@@ -199,7 +199,10 @@ proptest! {
 fn a_missing_secret_file_is_a_clear_error() {
     let vars: HashMap<&str, &str> =
         HashMap::from([(ENV_GROUP_SECRET_FILE, "/nonexistent/hedge-secret")]);
-    let error = GroupSecret::from_vars(|n| vars.get(n).map(|v| (*v).to_owned()))
-        .expect_err("no such file");
-    assert!(error.to_string().contains("/nonexistent/hedge-secret"), "{error}");
+    let error =
+        GroupSecret::from_vars(|n| vars.get(n).map(|v| (*v).to_owned())).expect_err("no such file");
+    assert!(
+        error.to_string().contains("/nonexistent/hedge-secret"),
+        "{error}"
+    );
 }

@@ -25,7 +25,9 @@ fn exchange(addr: &str, request: &[u8]) -> Result<u16, String> {
     stream
         .set_read_timeout(Some(LIMIT))
         .map_err(|e| e.to_string())?;
-    stream.write_all(request).map_err(|e| format!("write: {e}"))?;
+    stream
+        .write_all(request)
+        .map_err(|e| format!("write: {e}"))?;
     let mut answer = Vec::new();
     stream
         .read_to_end(&mut answer)
@@ -50,8 +52,18 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
     ];
     let path = prop_oneof![
         proptest::sample::select(vec![
-            "/", "/send", "/broadcast", "/members", "/leader", "/metrics", "/healthz", "/send/",
-            "//send", "/%73end", "/send?x=1", "/leader#f",
+            "/",
+            "/send",
+            "/broadcast",
+            "/members",
+            "/leader",
+            "/metrics",
+            "/healthz",
+            "/send/",
+            "//send",
+            "/%73end",
+            "/send?x=1",
+            "/leader#f",
         ])
         .prop_map(str::to_owned),
         "/[a-zA-Z0-9/%?=&._~-]{0,40}",
@@ -78,7 +90,10 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_http_request_gets_an_answer_and_never_an_internal_error() {
     let emulator = hedge_tests::require_emulator!();
-    let db = emulator.create_database_with_schema_default().await.unwrap();
+    let db = emulator
+        .create_database_with_schema_default()
+        .await
+        .unwrap();
     let program = member_program().await.expect("the member program");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -91,7 +106,10 @@ async fn any_http_request_gets_an_answer_and_never_an_internal_error() {
         ("HEDGE_SPANNER_DATABASE", db.to_string()),
         ("HEDGE_MEMBER_ID", "fuzzed".to_owned()),
         ("SPANNER_EMULATOR_HOST", emulator.grpc_host().to_owned()),
-        ("HEDGE_SPANNER_EMULATOR_HOST", emulator.grpc_host().to_owned()),
+        (
+            "HEDGE_SPANNER_EMULATOR_HOST",
+            emulator.grpc_host().to_owned(),
+        ),
         ("POD_IP", "127.0.0.1".to_owned()),
         ("HEDGE_PEER_PORT", "0".to_owned()),
         (
@@ -113,7 +131,10 @@ async fn any_http_request_gets_an_answer_and_never_an_internal_error() {
     loop {
         let probe = addr.clone();
         let ok = tokio::task::spawn_blocking(move || {
-            exchange(&probe, b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+            exchange(
+                &probe,
+                b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+            )
         })
         .await
         .unwrap();
@@ -153,7 +174,10 @@ async fn any_http_request_gets_an_answer_and_never_an_internal_error() {
     assert_eq!(member.poll_exit(), State::Running, "the member died");
     let probe = addr.clone();
     let health = tokio::task::spawn_blocking(move || {
-        exchange(&probe, b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        exchange(
+            &probe,
+            b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        )
     })
     .await
     .unwrap();

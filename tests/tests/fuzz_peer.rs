@@ -12,7 +12,7 @@ use hedge::peer::wire::{
     ROUTE_ANNOUNCE, ROUTE_BROADCAST, ROUTE_BROADCAST_STREAM, ROUTE_LEADER_STREAM, ROUTE_SEND,
 };
 use hedge::peer::{Authenticator, PeerClient, ResponseBody};
-use hedge::{GroupSecret, Hedge, HandlerResult, MemoryStore, Message, PeerOptions};
+use hedge::{GroupSecret, HandlerResult, Hedge, MemoryStore, Message, PeerOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use tokio::time::{Instant, timeout};
@@ -83,7 +83,12 @@ async fn any_peer_request_is_answered_and_the_member_keeps_serving() {
                 let deadline = Instant::now() + Duration::from_secs(5);
                 let answer = timeout(
                     ANSWER_LIMIT,
-                    client.request(&target, route, ResponseBody::full(Bytes::from(body)), Some(deadline)),
+                    client.request(
+                        &target,
+                        route,
+                        ResponseBody::full(Bytes::from(body)),
+                        Some(deadline),
+                    ),
                 )
                 .await;
                 prop_assert!(answer.is_ok(), "{route}: no answer within {ANSWER_LIMIT:?}");

@@ -567,6 +567,9 @@ pub fn register(records: &[Stamped], versions: &[(u64, String)]) -> Vec<Violatio
     violations
 }
 
+/// A permit as the semaphore checker sees it: (member, acquired, deadline, released).
+type Held<'a> = (&'a str, u64, u64, Option<u64>);
+
 /// Never more permits held than the limit. A permit counts from when `acquire` returned until
 /// its holder let go of it, its deadline passed while the holder was paused, or its process
 /// last ran.
@@ -574,7 +577,7 @@ pub fn semaphore(history: &History, limit: u32) -> Vec<Violation> {
     let lives: HashMap<u32, &ProcessLife> = history.lives.iter().map(|l| (l.pid, l)).collect();
     let mut violations = Vec::new();
     // (pid, permit) → (member, start, deadline, end)
-    let mut held: BTreeMap<(u32, &str), (&str, u64, u64, Option<u64>)> = BTreeMap::new();
+    let mut held: BTreeMap<(u32, &str), Held<'_>> = BTreeMap::new();
     let mut granted: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &history.records {
         match &s.record {
@@ -629,7 +632,7 @@ pub fn semaphore(history: &History, limit: u32) -> Vec<Violation> {
             }
         }
     }
-    edges.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    edges.sort_by_key(|e| (e.0, e.1));
     let mut current: BTreeSet<String> = BTreeSet::new();
     let mut reported = false;
     for (at, is_start, name) in edges {

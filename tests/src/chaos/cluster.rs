@@ -165,7 +165,11 @@ impl ProfileReport {
     pub fn problems(&self) -> Vec<String> {
         self.runs
             .iter()
-            .flat_map(|r| r.problems.iter().map(move |p| format!("seed {}: {p}", r.seed)))
+            .flat_map(|r| {
+                r.problems
+                    .iter()
+                    .map(move |p| format!("seed {}: {p}", r.seed))
+            })
             .collect()
     }
 
@@ -635,7 +639,9 @@ impl Running {
                         process.pid()
                     ));
                 }
-                Err(e) => self.problems.push(format!("stopping {}: {e}", process.id())),
+                Err(e) => self
+                    .problems
+                    .push(format!("stopping {}: {e}", process.id())),
             }
         }
     }

@@ -27,8 +27,8 @@ pub mod schedule;
 
 pub use check::{History, Violation};
 pub use cluster::{ChaosError, ProfileReport, RunReport, run, run_profile};
-pub use proxy::{Direction, LinkFault, Proxy};
 pub use program::member_program;
+pub use proxy::{Direction, LinkFault, Proxy};
 pub use schedule::{FaultKind, Profile};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process on the host (it is the clock

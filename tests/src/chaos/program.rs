@@ -70,7 +70,14 @@ async fn build(release: bool) -> Result<(), ProgramError> {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--quiet", "-p", "hedge-demo", "--bin", "hedge-demo"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "hedge-demo",
+            "--bin",
+            "hedge-demo",
+        ])
         .arg("--manifest-path")
         .arg(manifest)
         .stdin(Stdio::null())
@@ -83,7 +90,11 @@ async fn build(release: bool) -> Result<(), ProgramError> {
     let output = match timeout(BUILD_TIMEOUT, command.output()).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Err(ProgramError::Build(e.to_string())),
-        Err(_) => return Err(ProgramError::Build(format!("not done in {BUILD_TIMEOUT:?}"))),
+        Err(_) => {
+            return Err(ProgramError::Build(format!(
+                "not done in {BUILD_TIMEOUT:?}"
+            )));
+        }
     };
     if output.status.success() {
         Ok(())

@@ -494,7 +494,10 @@ mod tests {
         // A half close passes through: the echo sees EOF and closes, and so do we.
         s.shutdown().await.unwrap();
         let mut rest = Vec::new();
-        let n = timeout(BOUND, s.read_to_end(&mut rest)).await.unwrap().unwrap();
+        let n = timeout(BOUND, s.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(n, 0);
     }
 
@@ -507,7 +510,10 @@ mod tests {
         let delay = Duration::from_millis(100);
         proxy.set(LinkFault::Latency(delay));
         let began = Instant::now();
-        let back = timeout(BOUND, round_trip(&mut s, b"slow")).await.unwrap().unwrap();
+        let back = timeout(BOUND, round_trip(&mut s, b"slow"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(back, b"slow");
         // Once on the way up, once on the way back.
         assert!(began.elapsed() >= delay * 2, "{:?}", began.elapsed());
@@ -530,12 +536,19 @@ mod tests {
                 .is_err(),
             "a reply came through the cut"
         );
-        assert_eq!(received.load(Ordering::Relaxed), 6, "the request came through");
+        assert_eq!(
+            received.load(Ordering::Relaxed),
+            6,
+            "the request came through"
+        );
         // A connection opened during the cut stalls too.
         let mut late = TcpStream::connect(proxy.addr()).await.unwrap();
         late.write_all(b"new").await.unwrap();
         proxy.set(LinkFault::Pass);
-        timeout(BOUND, s.read_exact(&mut buf)).await.unwrap().unwrap();
+        timeout(BOUND, s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf, b"during");
         let mut three = [0u8; 3];
         timeout(BOUND, late.read_exact(&mut three))
@@ -567,7 +580,10 @@ mod tests {
             "a reply came through the one-way cut"
         );
         proxy.set(LinkFault::Pass);
-        timeout(BOUND, s.read_exact(&mut buf)).await.unwrap().unwrap();
+        timeout(BOUND, s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(&buf, b"request");
     }
 
@@ -591,12 +607,18 @@ mod tests {
         })
         .await
         .unwrap();
-        assert!(matches!(read, Ok(0) | Err(_)), "a new one is reset: {read:?}");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "a new one is reset: {read:?}"
+        );
         assert!(proxy.stats().reset >= 2);
         proxy.set(LinkFault::Pass);
         let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_eq!(
-            timeout(BOUND, round_trip(&mut s, b"ok")).await.unwrap().unwrap(),
+            timeout(BOUND, round_trip(&mut s, b"ok"))
+                .await
+                .unwrap()
+                .unwrap(),
             b"ok"
         );
     }

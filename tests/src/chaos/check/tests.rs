@@ -171,8 +171,11 @@ fn overlapping_terms_are_found() {
         .lost(1, 10, 250, 300)
         .elected(2, 11, 240, 500)
         .check();
-    assert!(matches!(&v[..], [Violation::Overlap { previous, next }]
-        if previous.token == 10 && next.token == 11), "{v:?}");
+    assert!(
+        matches!(&v[..], [Violation::Overlap { previous, next }]
+        if previous.token == 10 && next.token == 11),
+        "{v:?}"
+    );
     // Ending in the instant the next term begins is an overlap too: strictly before.
     let v = Builder::default()
         .elected(1, 10, 100, 300)
@@ -285,11 +288,21 @@ fn a_leader_paused_past_its_deadline_must_not_act_after_it_resumes() {
         .act(1, 10, 260)
         .check();
     assert!(
-        matches!(&v[..], [Violation::ActedAfterTermEnded { t: 260, ended: 250, .. }]),
+        matches!(
+            &v[..],
+            [Violation::ActedAfterTermEnded {
+                t: 260,
+                ended: 250,
+                ..
+            }]
+        ),
         "{v:?}"
     );
     let v = Builder::default().act(1, 10, 260).check();
-    assert!(matches!(&v[..], [Violation::ActedWithoutTerm { .. }]), "{v:?}");
+    assert!(
+        matches!(&v[..], [Violation::ActedWithoutTerm { .. }]),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -440,11 +453,7 @@ fn the_semaphore_never_holds_more_than_its_limit() {
         records: vec![permit(1, "a", 100, 1000), permit(2, "a", 300, 1000)],
         ..History::default()
     };
-    assert!(
-        semaphore(&twice, 5).contains(&Violation::PermitGrantedTwice {
-            permit: "a".into()
-        })
-    );
+    assert!(semaphore(&twice, 5).contains(&Violation::PermitGrantedTwice { permit: "a".into() }));
 }
 
 #[test]
@@ -461,7 +470,11 @@ fn the_log_keeps_every_acknowledged_put_once() {
     };
     let keys = BTreeMap::from([(
         "k".to_owned(),
-        vec![(1, "a".to_owned()), (2, "b".to_owned()), (3, "b".to_owned())],
+        vec![
+            (1, "a".to_owned()),
+            (2, "b".to_owned()),
+            (3, "b".to_owned()),
+        ],
     )]);
     assert_eq!(
         log(&[ack("k", "a"), ack("k", "c")], &keys),
@@ -544,10 +557,33 @@ fn messaging_finds_double_runs_handlers_past_their_term_and_acks_without_a_run()
         );
     let v = b.check();
     let has = |p: &dyn Fn(&Violation) -> bool| v.iter().any(p);
-    assert!(has(&|v| matches!(v, Violation::SendRunTwice { message, runs } if message == "twice" && runs.len() == 2)), "{v:?}");
-    assert!(has(&|v| matches!(v, Violation::HandlerOutlivedTerm { message, t: 260, ended: 250, .. } if message == "late")), "{v:?}");
-    assert!(has(&|v| matches!(v, Violation::HandlerWithoutTerm { message, .. } if message == "foreign")), "{v:?}");
-    assert!(has(&|v| matches!(v, Violation::AckedSendNotRun { message } if message == "never")), "{v:?}");
-    assert!(has(&|v| matches!(v, Violation::AckedSendWrongToken { message, acked: 11, ran: 10 } if message == "once")), "{v:?}");
+    assert!(
+        has(
+            &|v| matches!(v, Violation::SendRunTwice { message, runs } if message == "twice" && runs.len() == 2)
+        ),
+        "{v:?}"
+    );
+    assert!(
+        has(
+            &|v| matches!(v, Violation::HandlerOutlivedTerm { message, t: 260, ended: 250, .. } if message == "late")
+        ),
+        "{v:?}"
+    );
+    assert!(
+        has(
+            &|v| matches!(v, Violation::HandlerWithoutTerm { message, .. } if message == "foreign")
+        ),
+        "{v:?}"
+    );
+    assert!(
+        has(&|v| matches!(v, Violation::AckedSendNotRun { message } if message == "never")),
+        "{v:?}"
+    );
+    assert!(
+        has(
+            &|v| matches!(v, Violation::AckedSendWrongToken { message, acked: 11, ran: 10 } if message == "once")
+        ),
+        "{v:?}"
+    );
     assert_eq!(v.len(), 5, "{v:?}");
 }
