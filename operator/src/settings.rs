@@ -30,7 +30,7 @@ pub enum Command {
     Run,
     /// Print, apply or check hedge's Spanner schema without Kubernetes (the same code the
     /// operator runs for a HedgeGroup).
-    Schema(SchemaArgs),
+    Schema(Box<SchemaArgs>),
 }
 
 /// `hedge-operator schema ...`.
@@ -87,7 +87,11 @@ pub struct TableArgs {
     #[arg(long, env = "HEDGE_LOG_TABLE", default_value = "hedge_log")]
     pub log_table: String,
     /// The semaphore table.
-    #[arg(long, env = "HEDGE_SEMAPHORE_TABLE", default_value = "hedge_semaphores")]
+    #[arg(
+        long,
+        env = "HEDGE_SEMAPHORE_TABLE",
+        default_value = "hedge_semaphores"
+    )]
     pub semaphore_table: String,
     /// The permit table.
     #[arg(long, env = "HEDGE_PERMIT_TABLE", default_value = "hedge_permits")]
@@ -244,11 +248,11 @@ mod tests {
     #[test]
     fn the_schema_subcommands_default_to_the_clients_table_names() {
         let cli = Cli::try_parse_from(["hedge-operator", "schema", "print"]).unwrap();
-        let Some(Command::Schema(SchemaArgs {
-            action: SchemaAction::Print { tables },
-        })) = cli.command
-        else {
+        let Some(Command::Schema(args)) = cli.command else {
             panic!("{:?}", cli.command);
+        };
+        let SchemaAction::Print { tables } = args.action else {
+            panic!("{:?}", args.action);
         };
         assert_eq!(tables.names(), hedge::TableNames::default());
         let cli = Cli::try_parse_from([
@@ -262,11 +266,11 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Some(Command::Schema(SchemaArgs {
-            action: SchemaAction::Check { target },
-        })) = cli.command
-        else {
+        let Some(Command::Schema(args)) = cli.command else {
             panic!("{:?}", cli.command);
+        };
+        let SchemaAction::Check { target } = args.action else {
+            panic!("{:?}", args.action);
         };
         assert_eq!(target.database.database, "d");
         assert_eq!(target.tables.names().locks, "orders_locks");
