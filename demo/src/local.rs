@@ -711,11 +711,14 @@ pub fn curl_lines(addrs: &[SocketAddr]) -> Vec<String> {
         return Vec::new();
     }
     vec![
-        format!("curl {}/leader", at(0)),
-        format!("curl {}/members", at(0)),
+        format!("curl {}/put -d \"samplekey samplevalue\"", at(0)),
+        format!("curl {}/get -d \"samplekey\"", at(1)),
         format!("curl {}/send -d \"hello-world\"", at(1)),
         format!("curl {}/broadcast -d \"hello-all\"", at(2)),
+        format!("curl {}/members", at(0)),
         format!("curl -H 'Accept: application/json' {}/leader", at(1)),
+        format!("curl -X POST '{}/semaphore/jobs/acquire?limit=2'", at(0)),
+        format!("curl -X POST {}/semaphore/jobs/release", at(0)),
     ]
 }
 
@@ -730,7 +733,11 @@ mod tests {
             .map(|a| a.parse().unwrap())
             .collect();
         let lines = curl_lines(&addrs);
-        assert_eq!(lines[0], "curl localhost:8081/leader");
+        assert_eq!(
+            lines[0],
+            "curl localhost:8081/put -d \"samplekey samplevalue\""
+        );
+        assert!(lines.contains(&"curl localhost:8082/get -d \"samplekey\"".to_owned()));
         assert!(lines.contains(&"curl localhost:8082/send -d \"hello-world\"".to_owned()));
         assert!(lines.contains(&"curl localhost:8083/broadcast -d \"hello-all\"".to_owned()));
         assert!(curl_lines(&[]).is_empty());
