@@ -42,7 +42,7 @@ pub enum Backend {
         /// How to reach it.
         options: SpannerOptions,
         /// The emulator this process started (stopped when dropped).
-        emulator: Option<Emulator>,
+        emulator: Option<Box<Emulator>>,
     },
 }
 
@@ -91,7 +91,7 @@ impl Backend {
         Ok(Backend::Spanner {
             database,
             options: emulator.options(),
-            emulator: Some(emulator),
+            emulator: Some(Box::new(emulator)),
         })
     }
 

@@ -7,11 +7,14 @@
 //!
 //! 1. **election**: who leads, with which fencing token (and that exactly one member leads);
 //! 2. **membership**: every member sees every other (joins are pushed);
-//! 3. **send**: a follower sends to the leader's handler and gets its reply;
-//! 4. **broadcast**: a follower broadcasts and every member's handler replies;
-//! 5. **failover**: the leader is stopped abruptly (nothing released) and the time until the
+//! 3. **put/get**: a follower appends to the group's log and another member reads it back;
+//! 4. **send**: a follower sends to the leader's handler and gets its reply;
+//! 5. **broadcast**: a follower broadcasts and every member's handler replies;
+//! 6. **semaphore**: every member contends for a semaphore of limit 2, twice each, and the
+//!    number of permits held at once is counted (never above 2);
+//! 7. **failover**: the leader is stopped abruptly (nothing released) and the time until the
 //!    next leader is measured;
-//! 6. **handover**: that leader is stopped gracefully (it releases and tells the others) and
+//! 8. **handover**: that leader is stopped gracefully (it releases and tells the others) and
 //!    the time until the next leader is measured.
 //!
 //! With `--serve` the stopped members are started again and every member serves the HTTP API
@@ -20,12 +23,14 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hedge::{
-    BroadcastOptions, ElectionTimings, GroupSecret, Hedge, HedgeError, HedgeGuard, MessagingError,
-    PeerOptions, SendOptions,
+    BroadcastOptions, ElectionTimings, GroupSecret, Hedge, HedgeError, HedgeGuard, KvError,
+    MessagingError, PeerOptions, SemaphoreError, SendOptions,
 };
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
@@ -38,6 +43,15 @@ use crate::report::{Report, Step, seconds};
 
 /// The group every local member joins.
 pub const GROUP: &str = "local-demo";
+
+/// The semaphore the members contend for, and its limit.
+pub const SEMAPHORE: &str = "local-demo-jobs";
+/// The semaphore's limit.
+pub const SEMAPHORE_LIMIT: u32 = 2;
+/// How many permits each member acquires, one after the other.
+const SEMAPHORE_ROUNDS: usize = 2;
+/// How long each permit is held.
+const SEMAPHORE_HOLD: Duration = Duration::from_millis(100);
 
 /// What `hedge-demo local` was asked to do.
 #[derive(Clone, Debug)]
@@ -83,6 +97,12 @@ pub enum LocalError {
         /// What went wrong.
         message: String,
     },
+    /// A put or get failed.
+    #[error("put/get: {0}")]
+    Log(#[from] KvError),
+    /// The semaphore failed.
+    #[error("semaphore: {0}")]
+    Semaphore(#[from] SemaphoreError),
     /// A send or broadcast failed.
     #[error("{step}: {source}")]
     Messaging {
@@ -249,7 +269,7 @@ pub async fn run(options: LocalOptions, backend: Backend) -> Result<Report, Loca
     let count = options.members;
     let mut out = Output {
         json: options.json,
-        total_steps: 6,
+        total_steps: 8,
         done: 0,
     };
     let mut report = Report {
@@ -324,9 +344,35 @@ pub async fn run(options: LocalOptions, backend: Backend) -> Result<Report, Loca
         format!("every member sees {count}: {}", ids.join(", ")),
     );
 
-    // 3. Send, from a follower.
+    // 3. Put from a follower, get from another member.
     let started = Instant::now();
     let follower = (first + 1) % count;
+    let reader = (first + 2) % count;
+    let (key, value) = ("samplekey", "samplevalue");
+    let written = members[follower].hedge.log().put(key, value).await?;
+    let read = members[reader].hedge.log().get_str(key).await?;
+    report.put_get_ok = read.as_deref() == Some(value);
+    if !report.put_get_ok {
+        return Err(LocalError::Step {
+            step: "put/get",
+            message: format!(
+                "{} read {read:?} after {} put {value:?}",
+                members[reader].id, members[follower].id
+            ),
+        });
+    }
+    out.step(
+        &mut report,
+        "put/get",
+        started,
+        format!(
+            "{} put {key}={value} (version {}), {} read back {value:?}",
+            members[follower].id, written.seq, members[reader].id
+        ),
+    );
+
+    // 4. Send, from a follower.
+    let started = Instant::now();
     let message = "hello-world";
     let reply = members[follower]
         .hedge
@@ -355,7 +401,7 @@ pub async fn run(options: LocalOptions, backend: Backend) -> Result<Report, Loca
         ),
     );
 
-    // 4. Broadcast, from the same follower.
+    // 5. Broadcast, from the same follower.
     let started = Instant::now();
     let message = "hello-all";
     let replies = members[follower]
@@ -402,7 +448,33 @@ pub async fn run(options: LocalOptions, backend: Backend) -> Result<Report, Loca
     );
     report.broadcast = answered;
 
-    // 5. Failover: the leader crashes (its task is aborted: nothing is released).
+    // 6. Semaphore: every member contends for a limit of 2.
+    let started = Instant::now();
+    let contention = contend(&members).await?;
+    report.semaphore_limit = SEMAPHORE_LIMIT;
+    report.semaphore_max_held = contention.max_held;
+    report.semaphore_grants = contention.grants;
+    if contention.max_held > SEMAPHORE_LIMIT as usize {
+        return Err(LocalError::Step {
+            step: "semaphore",
+            message: format!(
+                "{} permits were held at once, over the limit of {SEMAPHORE_LIMIT}",
+                contention.max_held
+            ),
+        });
+    }
+    out.step(
+        &mut report,
+        "semaphore",
+        started,
+        format!(
+            "{count} members acquired {SEMAPHORE} (limit {SEMAPHORE_LIMIT}) {SEMAPHORE_ROUNDS} \
+             times each, {} grants with tokens {}..={}; at most {} held at once",
+            contention.grants, contention.tokens.0, contention.tokens.1, contention.max_held
+        ),
+    );
+
+    // 7. Failover: the leader crashes (its task is aborted: nothing is released).
     let crashed = first;
     report.crashed = members[crashed].id.clone();
     let started = Instant::now();
@@ -430,7 +502,7 @@ pub async fn run(options: LocalOptions, backend: Backend) -> Result<Report, Loca
     );
     out.step(&mut report, "failover", started, detail);
 
-    // 6. Graceful handover: the new leader stops; it releases its term and tells the others.
+    // 8. Graceful handover: the new leader stops; it releases its term and tells the others.
     let stopped = second;
     report.stopped = members[stopped].id.clone();
     let started = Instant::now();
@@ -479,6 +551,62 @@ pub async fn run(options: LocalOptions, backend: Backend) -> Result<Report, Loca
         None => stop_all(&mut members, timings).await?,
     }
     Ok(report)
+}
+
+/// What the semaphore step saw.
+struct Contention {
+    /// The most permits held at once.
+    max_held: usize,
+    /// How many permits were granted.
+    grants: usize,
+    /// The lowest and highest permit token granted.
+    tokens: (u64, u64),
+}
+
+/// Every member acquires [`SEMAPHORE`] [`SEMAPHORE_ROUNDS`] times, holding each permit
+/// [`SEMAPHORE_HOLD`]; counts how many are held at once (counted up after the grant and down
+/// before the release, so the count never exceeds what the store granted).
+async fn contend(members: &[LocalMember]) -> Result<Contention, LocalError> {
+    let held = Arc::new(AtomicUsize::new(0));
+    let max_held = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for member in members.iter().filter(|m| m.running()) {
+        let semaphore = member.hedge.semaphore(SEMAPHORE, SEMAPHORE_LIMIT).await?;
+        let (held, max_held) = (held.clone(), max_held.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tokens = Vec::with_capacity(SEMAPHORE_ROUNDS);
+            for _ in 0..SEMAPHORE_ROUNDS {
+                let permit = semaphore.acquire().await?;
+                let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                max_held.fetch_max(now, Ordering::SeqCst);
+                tokens.push(permit.token());
+                tokio::time::sleep(SEMAPHORE_HOLD).await;
+                held.fetch_sub(1, Ordering::SeqCst);
+                permit.release().await?;
+            }
+            Ok::<_, SemaphoreError>(tokens)
+        }));
+    }
+    let mut tokens = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        match task {
+            Ok(result) => tokens.extend(result?),
+            Err(e) => {
+                return Err(LocalError::Step {
+                    step: "semaphore",
+                    message: format!("a contending task failed: {e}"),
+                });
+            }
+        }
+    }
+    Ok(Contention {
+        max_held: max_held.load(Ordering::SeqCst),
+        grants: tokens.len(),
+        tokens: (
+            tokens.iter().copied().min().unwrap_or(0),
+            tokens.iter().copied().max().unwrap_or(0),
+        ),
+    })
 }
 
 fn check_token_increases(step: &'static str, before: u64, after: u64) -> Result<(), LocalError> {
@@ -583,11 +711,14 @@ pub fn curl_lines(addrs: &[SocketAddr]) -> Vec<String> {
         return Vec::new();
     }
     vec![
-        format!("curl {}/leader", at(0)),
-        format!("curl {}/members", at(0)),
+        format!("curl {}/put -d \"samplekey samplevalue\"", at(0)),
+        format!("curl {}/get -d \"samplekey\"", at(1)),
         format!("curl {}/send -d \"hello-world\"", at(1)),
         format!("curl {}/broadcast -d \"hello-all\"", at(2)),
+        format!("curl {}/members", at(0)),
         format!("curl -H 'Accept: application/json' {}/leader", at(1)),
+        format!("curl -X POST '{}/semaphore/jobs/acquire?limit=2'", at(0)),
+        format!("curl -X POST {}/semaphore/jobs/release", at(0)),
     ]
 }
 
@@ -602,7 +733,11 @@ mod tests {
             .map(|a| a.parse().unwrap())
             .collect();
         let lines = curl_lines(&addrs);
-        assert_eq!(lines[0], "curl localhost:8081/leader");
+        assert_eq!(
+            lines[0],
+            "curl localhost:8081/put -d \"samplekey samplevalue\""
+        );
+        assert!(lines.contains(&"curl localhost:8082/get -d \"samplekey\"".to_owned()));
         assert!(lines.contains(&"curl localhost:8082/send -d \"hello-world\"".to_owned()));
         assert!(lines.contains(&"curl localhost:8083/broadcast -d \"hello-all\"".to_owned()));
         assert!(curl_lines(&[]).is_empty());

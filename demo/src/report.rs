@@ -32,6 +32,8 @@ pub struct Report {
     pub token: u64,
     /// How many members believed they led at once when the first leader was found (must be 1).
     pub leaders_at_once: usize,
+    /// Whether a value put by a follower was read back by another member.
+    pub put_get_ok: bool,
     /// The member that sent to the leader.
     pub send_from: String,
     /// The leader's reply to the send.
@@ -40,6 +42,12 @@ pub struct Report {
     pub broadcast_replies: usize,
     /// Every broadcast reply, by member.
     pub broadcast: BTreeMap<String, String>,
+    /// The limit of the semaphore every member contended for.
+    pub semaphore_limit: u32,
+    /// The most permits of it held at once (at most `semaphore_limit`).
+    pub semaphore_max_held: usize,
+    /// How many permits were granted.
+    pub semaphore_grants: usize,
     /// The leader that was crashed.
     pub crashed: String,
     /// From the crash until another member led, in milliseconds.
@@ -87,10 +95,12 @@ impl Report {
     }
 }
 
-/// `1234.5` ms as `1.23 s`, `12.3` as `12 ms`.
+/// `1234.5` ms as `1.23 s`, `12.3` as `12 ms`, `0.42` as `0.4 ms`.
 pub fn seconds(ms: f64) -> String {
     if ms >= 1000.0 {
         format!("{:.2} s", ms / 1000.0)
+    } else if ms < 10.0 {
+        format!("{ms:.1} ms")
     } else {
         format!("{ms:.0} ms")
     }
@@ -116,7 +126,10 @@ mod tests {
             "members",
             "leader",
             "token",
+            "put_get_ok",
             "broadcast_replies",
+            "semaphore_limit",
+            "semaphore_max_held",
             "failover_ms",
             "handover_ms",
             "duration_ms",
@@ -127,5 +140,6 @@ mod tests {
         assert_eq!(json["steps"][0]["name"], "election");
         assert_eq!(seconds(1234.5), "1.23 s");
         assert_eq!(seconds(12.3), "12 ms");
+        assert_eq!(seconds(0.42), "0.4 ms");
     }
 }

@@ -174,12 +174,13 @@ fn tables_json(tables: &TableNames) -> serde_json::Value {
         .into()
 }
 
-/// What a missing item is, in a few words: `table hedge_members` or `column
-/// hedge_locks.holder_incarnation`.
+/// What a missing item is, in a few words: `table hedge_members`, `column
+/// hedge_locks.holder_incarnation` or `index hedge_log_by_request on hedge_log`.
 fn what(item: &DdlItem) -> String {
-    match &item.column {
-        Some(column) => format!("column {}.{column}", item.table),
-        None => format!("table {}", item.table),
+    match (&item.column, &item.index) {
+        (Some(column), _) => format!("column {}.{column}", item.table),
+        (None, Some(index)) => format!("index {index} on {}", item.table),
+        (None, None) => format!("table {}", item.table),
     }
 }
 
@@ -222,6 +223,7 @@ fn check_json(target: &SchemaTarget, tables: &TableNames, status: &SchemaStatus)
             json!({
                 "table": item.table,
                 "column": item.column,
+                "index": item.index,
                 "statement": item.statement,
             })
         })
@@ -252,6 +254,10 @@ mod tests {
                 lock_table: "hedge_locks".into(),
                 member_table: "hedge_members".into(),
                 schema_table: "hedge_schema".into(),
+                log_key_table: "hedge_log_keys".into(),
+                log_table: "hedge_log".into(),
+                semaphore_table: "hedge_semaphores".into(),
+                permit_table: "hedge_permits".into(),
             },
         }
     }

@@ -30,7 +30,7 @@ pub enum Command {
     Run,
     /// Print, apply or check hedge's Spanner schema without Kubernetes (the same code the
     /// operator runs for a HedgeGroup).
-    Schema(SchemaArgs),
+    Schema(Box<SchemaArgs>),
 }
 
 /// `hedge-operator schema ...`.
@@ -248,11 +248,11 @@ mod tests {
     #[test]
     fn the_schema_subcommands_default_to_the_clients_table_names() {
         let cli = Cli::try_parse_from(["hedge-operator", "schema", "print"]).unwrap();
-        let Some(Command::Schema(SchemaArgs {
-            action: SchemaAction::Print { tables },
-        })) = cli.command
-        else {
+        let Some(Command::Schema(args)) = cli.command else {
             panic!("{:?}", cli.command);
+        };
+        let SchemaAction::Print { tables } = args.action else {
+            panic!("{:?}", args.action);
         };
         assert_eq!(tables.names(), hedge::TableNames::default());
         let cli = Cli::try_parse_from([
@@ -266,11 +266,11 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Some(Command::Schema(SchemaArgs {
-            action: SchemaAction::Check { target },
-        })) = cli.command
-        else {
+        let Some(Command::Schema(args)) = cli.command else {
             panic!("{:?}", cli.command);
+        };
+        let SchemaAction::Check { target } = args.action else {
+            panic!("{:?}", args.action);
         };
         assert_eq!(target.database.database, "d");
         assert_eq!(target.tables.names().locks, "orders_locks");

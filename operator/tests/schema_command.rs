@@ -22,6 +22,10 @@ fn schema(action: &str, emulator: &hedge_tests::Emulator, db: &str, extra: &[&st
         "HEDGE_LOCK_TABLE",
         "HEDGE_MEMBER_TABLE",
         "HEDGE_SCHEMA_TABLE",
+        "HEDGE_LOG_KEY_TABLE",
+        "HEDGE_LOG_TABLE",
+        "HEDGE_SEMAPHORE_TABLE",
+        "HEDGE_PERMIT_TABLE",
         "HEDGE_SPANNER_DATABASE",
         "SPANNER_EMULATOR_HOST",
     ] {

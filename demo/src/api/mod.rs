@@ -1,6 +1,7 @@
 //! The member's HTTP API: the routes of hedge's Go demo (`/put`, `/get`, `/send`,
 //! `/broadcast`) and `/members`, `/leader`, `/semaphore/<name>/acquire|release`, `/metrics`,
-//! `/healthz`. docs/demo.md documents every route; [`routes`] implements them.
+//! `/healthz`. docs/demo.md documents every route; [`routes`] resolves and dispatches them,
+//! [`log`] and [`permits`] answer the log's and the semaphores' routes.
 //!
 //! HTTP/1.1 (hyper 1), plain text by default and JSON with `Accept: application/json`
 //! ([`answer`]). Nothing a client sends can stop the server: an unknown route, a wrong method, a
@@ -8,14 +9,17 @@
 //! failure ends that connection only.
 
 pub mod answer;
+pub mod log;
+pub mod permits;
 pub mod routes;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use hedge::Hedge;
+use hedge::{Hedge, Permit};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -61,6 +65,10 @@ struct Inner {
     hedge: Hedge,
     registry: Registry,
     max_body_bytes: usize,
+    /// The permits acquired through `/semaphore/<name>/acquire` and not yet released, by
+    /// semaphore name, oldest first. Dropping a permit releases it: when the member stops, so
+    /// do its permits.
+    permits: Mutex<BTreeMap<String, Vec<Permit>>>,
 }
 
 impl ApiState {
@@ -71,8 +79,18 @@ impl ApiState {
                 hedge,
                 registry,
                 max_body_bytes,
+                permits: Mutex::new(BTreeMap::new()),
             }),
         }
+    }
+
+    /// The permits held through the API, by semaphore name.
+    pub fn permits(&self) -> MutexGuard<'_, BTreeMap<String, Vec<Permit>>> {
+        // A panic while the map was locked leaves it consistent (pushes and removes only).
+        self.inner
+            .permits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The member.

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::ApiState;
 use super::REQUEST_READ_TIMEOUT;
 use super::answer::{Answer, wants_json};
+use super::{log, permits};
 use hedge::{BroadcastOptions, MessagingError, SendOptions};
 
 /// The message `/send` and `/broadcast` use when the body is empty (as the Go demo does).
@@ -26,6 +27,16 @@ pub const SEND_TIMEOUT: Duration = hedge::messaging::DEFAULT_SEND_TIMEOUT;
 /// Every route: method, path, what it does. `GET /` answers this list.
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/", "this list"),
+    (
+        "POST",
+        "/put",
+        "body: \"<key> <value>\"; appends the value to the group's log",
+    ),
+    (
+        "POST",
+        "/get",
+        "body: a key (or GET /get?key=<key>); the latest value",
+    ),
     (
         "POST",
         "/send",
@@ -42,6 +53,17 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "the members this member knows, with their peer addresses",
     ),
     ("GET", "/leader", "the leader and its fencing token"),
+    (
+        "POST",
+        "/semaphore/<name>/acquire",
+        "?limit=N creates it with N permits, ?wait_ms=T waits at most T ms (default 5000); \
+         this member holds the permit until released",
+    ),
+    (
+        "POST",
+        "/semaphore/<name>/release",
+        "body: a permit id, or empty for the oldest this member holds",
+    ),
     ("GET", "/metrics", "the member's metrics (Prometheus text)"),
     ("GET", "/healthz", "\"ok\" while the member runs"),
 ];
@@ -51,6 +73,14 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
 pub enum Route {
     /// `GET /`.
     Index,
+    /// `POST /put`.
+    Put,
+    /// `POST /get` (the key as the body) or `GET /get?key=`.
+    Get,
+    /// `POST /semaphore/<name>/acquire`.
+    Acquire(String),
+    /// `POST /semaphore/<name>/release`.
+    Release(String),
     /// `POST /send`.
     Send,
     /// `POST /broadcast`.
@@ -68,8 +98,21 @@ pub enum Route {
 impl Route {
     /// The route of `path`, if there is one.
     pub fn resolve(path: &str) -> Option<Route> {
+        if let Some(rest) = path.strip_prefix("/semaphore/") {
+            let (name, action) = rest.split_once('/')?;
+            if name.is_empty() {
+                return None;
+            }
+            return match action {
+                "acquire" => Some(Route::Acquire(name.to_owned())),
+                "release" => Some(Route::Release(name.to_owned())),
+                _ => None,
+            };
+        }
         Some(match path {
             "/" => Route::Index,
+            "/put" => Route::Put,
+            "/get" => Route::Get,
             "/send" => Route::Send,
             "/broadcast" => Route::Broadcast,
             "/members" => Route::Members,
@@ -80,18 +123,22 @@ impl Route {
         })
     }
 
-    /// The one method the route accepts.
-    pub fn method(&self) -> Method {
-        match self.allow() {
-            "POST" => Method::POST,
-            _ => Method::GET,
+    /// Whether the route accepts `method`.
+    pub fn allows(&self, method: &Method) -> bool {
+        match self {
+            // `curl -d` posts; a browser gets.
+            Route::Get => method == Method::POST || method == Method::GET,
+            _ => self.allow() == method.as_str(),
         }
     }
 
-    /// The one method the route accepts, for `Allow`.
+    /// The methods the route accepts, for `Allow`.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Send | Route::Broadcast => "POST",
+            Route::Get => "GET, POST",
+            Route::Put | Route::Send | Route::Broadcast | Route::Acquire(_) | Route::Release(_) => {
+                "POST"
+            }
             Route::Index | Route::Members | Route::Leader | Route::Metrics | Route::Healthz => {
                 "GET"
             }
@@ -114,14 +161,14 @@ where
         )
         .render(json);
     };
-    let method = route.method();
-    if request.method() != method {
+    if !route.allows(request.method()) {
         return Answer::method_not_allowed(&path, route.allow()).render(json);
     }
     if route == Route::Metrics {
         return metrics(state);
     }
-    let body = if method == Method::POST {
+    let query = request.uri().query().map(str::to_owned);
+    let body = if request.method() == Method::POST {
         match read_body(request, state.max_body_bytes()).await {
             Ok(body) => body,
             Err(answer) => return answer.render(json),
@@ -129,7 +176,9 @@ where
     } else {
         String::new()
     };
-    answer(state, route, body).await.render(json)
+    answer(state, route, query.as_deref(), body)
+        .await
+        .render(json)
 }
 
 /// Reads the whole body as UTF-8 text within the size and time limits.
@@ -188,9 +237,22 @@ fn metrics(state: &ApiState) -> Response<Full<Bytes>> {
     response
 }
 
-async fn answer(state: &ApiState, route: Route, body: String) -> Answer {
+async fn answer(state: &ApiState, route: Route, query: Option<&str>, body: String) -> Answer {
     match route {
         Route::Index => index(),
+        Route::Put => log::put(state, &body).await,
+        Route::Get => {
+            // `GET /get?key=k`; a posted body wins.
+            let from_query = query
+                .unwrap_or("")
+                .split('&')
+                .find_map(|p| p.strip_prefix("key="))
+                .unwrap_or("");
+            let key = if body.is_empty() { from_query } else { &body };
+            log::get(state, key).await
+        }
+        Route::Acquire(name) => permits::acquire(state, &name, query).await,
+        Route::Release(name) => permits::release(state, &name, &body).await,
         Route::Send => send(state, &body).await,
         Route::Broadcast => broadcast(state, &body).await,
         Route::Members => members(state),
@@ -388,11 +450,25 @@ mod tests {
     #[test]
     fn every_listed_route_resolves_with_its_method() {
         for (method, path, _) in ROUTES {
-            let route = Route::resolve(path).unwrap_or_else(|| panic!("{path}"));
-            assert_eq!(route.method().as_str(), *method, "{path}");
+            let path = path.replace("<name>", "jobs");
+            let route = Route::resolve(&path).unwrap_or_else(|| panic!("{path}"));
+            assert!(route.allows(&method.parse().unwrap()), "{path}");
         }
-        assert_eq!(Route::resolve("/send/"), None);
-        assert_eq!(Route::resolve("/nope"), None);
+        assert_eq!(
+            Route::resolve("/semaphore/jobs/acquire"),
+            Some(Route::Acquire("jobs".into()))
+        );
+        assert!(Route::Get.allows(&Method::GET) && Route::Get.allows(&Method::POST));
+        assert!(!Route::Put.allows(&Method::GET));
+        for unknown in [
+            "/send/",
+            "/nope",
+            "/semaphore//acquire",
+            "/semaphore/jobs",
+            "/semaphore/jobs/steal",
+        ] {
+            assert_eq!(Route::resolve(unknown), None, "{unknown}");
+        }
     }
 
     #[test]
