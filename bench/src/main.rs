@@ -9,6 +9,7 @@
 mod chaos;
 mod election;
 mod messaging;
+mod report;
 mod stats;
 mod storage;
 
@@ -34,6 +35,8 @@ enum Scenario {
     /// Chaos: member processes killed, paused and cut off at random under a seed, the
     /// checkers over what they recorded, failover times by fault kind.
     Chaos(chaos::Args),
+    /// Every scenario in one go: one JSON file, a markdown table, an SVG of the failover times.
+    Report(report::Args),
 }
 
 /// Which store the benchmark runs on.
@@ -59,6 +62,7 @@ async fn main() -> std::process::ExitCode {
         Scenario::Messaging(args) => messaging::run(args).await.map_err(|e| e.to_string()),
         Scenario::Storage(args) => storage::run(args).await.map_err(|e| e.to_string()),
         Scenario::Chaos(args) => chaos::run(args).await.map_err(|e| e.to_string()),
+        Scenario::Report(args) => report::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
