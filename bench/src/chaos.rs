@@ -34,7 +34,8 @@ pub struct Args {
     /// The profile's seed (default: `HEDGE_CHAOS_SEED`, or a fresh one).
     #[arg(long)]
     seed: Option<u64>,
-    /// Also write every run's full report (each fault, each violation) to this file as JSON.
+    /// Also write the summary and every run's full report (each fault, each violation, each
+    /// failover sample) to this file as JSON.
     #[arg(long)]
     report: Option<PathBuf>,
 }
@@ -150,8 +151,13 @@ pub async fn measure(args: &Args) -> Result<ProfileReport, ChaosBenchError> {
     })
     .await?;
     if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)
-            .map_err(|e| ChaosBenchError::Write(e.to_string()))?;
+        // The summary the benchmark prints, then the profile and every run in full.
+        let json = serde_json::to_string_pretty(&serde_json::json!({
+            "summary": ChaosSummary::of(&report),
+            "profile": report.profile,
+            "runs": report.runs,
+        }))
+        .map_err(|e| ChaosBenchError::Write(e.to_string()))?;
         std::fs::write(path, json).map_err(|e| ChaosBenchError::Write(e.to_string()))?;
     }
     Ok(report)

@@ -81,8 +81,8 @@ pub async fn run(args: Args) -> Result<(), ReportError> {
     let chaos_runs = args.out.join("chaos-runs.json");
     let mut results = BTreeMap::new();
     for scenario in chosen {
-        let result = if scenario == "chaos" && args.chaos_report.is_some() {
-            Ok(json!({ "from": args.chaos_report.as_ref().map(|p| p.display().to_string()) }))
+        let result = if let (true, Some(path)) = (scenario == "chaos", &args.chaos_report) {
+            saved_summary(path)
         } else {
             let mut extra: Vec<String> = Vec::new();
             if scenario == "chaos" {
@@ -148,6 +148,21 @@ async fn run_scenario(exe: &Path, scenario: &str, extra: &[String]) -> Result<Va
         return Err(format!("{scenario} failed ({})", output.status));
     }
     serde_json::from_slice(&output.stdout).map_err(|e| format!("{scenario} printed no JSON: {e}"))
+}
+
+/// The summary saved in a chaos report file, with the file's name.
+fn saved_summary(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let report: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut summary = report
+        .get("summary")
+        .cloned()
+        .ok_or_else(|| format!("{} has no summary", path.display()))?;
+    if let Some(map) = summary.as_object_mut() {
+        map.insert("from".into(), json!(path.display().to_string()));
+    }
+    Ok(summary)
 }
 
 /// Failover samples (ms) by fault kind from a chaos report file.
@@ -238,10 +253,12 @@ fn figures(value: &Value, path: String, depth: usize, rows: &mut Vec<(String, St
         Value::Number(n) => {
             let leaf = path.rsplit('.').next().unwrap_or("");
             if depth <= 1 || leaf == "p50" || leaf == "p99" {
-                let shown = n.as_f64().map_or_else(
-                    || n.to_string(),
-                    |f| format!("{}", (f * 100.0).round() / 100.0),
-                );
+                // Integers as they are (a seed must stay exact), others to two decimals.
+                let shown = match (n.as_u64(), n.as_f64()) {
+                    (Some(i), _) => i.to_string(),
+                    (None, Some(f)) => format!("{}", (f * 100.0).round() / 100.0),
+                    _ => n.to_string(),
+                };
                 rows.push((path, shown));
             }
         }
@@ -365,12 +382,13 @@ mod tests {
     fn the_table_keeps_top_level_numbers_and_percentiles() {
         let report = json!({
             "scenarios": {
-                "chaos": { "runs": 2, "failover_ms": { "p50": 1.234, "p99": 2.0, "max": 3.0 } },
+                "chaos": { "runs": 2, "seed": 14103403199561910129u64, "failover_ms": { "p50": 1.234, "p99": 2.0, "max": 3.0 } },
                 "storage": { "error": "it failed" }
             }
         });
         let md = markdown(&report);
         assert!(md.contains("| chaos | runs | 2 |"));
+        assert!(md.contains("| chaos | seed | 14103403199561910129 |"));
         assert!(md.contains("| chaos | failover_ms.p50 | 1.23 |"));
         assert!(!md.contains("failover_ms.max"));
         assert!(md.contains("| storage | error | it failed |"));
