@@ -14,7 +14,7 @@
 //!   ([`cluster::run_profile`]).
 //!
 //! The members are `hedge-demo member` processes with the chaos workload on
-//! (`HEDGE_DEMO_WORKLOAD=chaos`, see `demo/src/workload.rs`). `RELIABILITY.md` at the root of
+//! (`HEDGE_DEMO_WORKLOAD=chaos`, see `demo/src/chaos.rs`). `RELIABILITY.md` at the root of
 //! the repository describes the method and records the results.
 
 pub mod check;

@@ -3,8 +3,8 @@
 //! `CLOCK_MONOTONIC` in nanoseconds ([`super::mono_ns`]), which is one clock for every process on
 //! the host.
 //!
-//! The member side of this format is written by `demo/src/workload.rs`; its tests parse what it
-//! prints with these types, so the two cannot drift apart unnoticed.
+//! The member side (`demo/src/chaos.rs`) prints these very types with serde, so the two sides
+//! cannot drift apart.
 //!
 //! Times are taken so that the checkers can be strict without false alarms: an action's `t` is
 //! read *before* the member checks that it still leads (so "leading at `t`" is implied by the
