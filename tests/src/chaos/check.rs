@@ -7,7 +7,7 @@
 //! | [`register`] | the fenced register lost an update, took one out of token order, applied one twice, or lost an acknowledged one |
 //! | [`semaphore`] | more unexpired permits than the limit at some instant, or a permit token granted twice |
 //! | [`log`] | an acknowledged put is missing, or a put was applied twice |
-//! | [`messaging`] | a send was run twice, a handler completed after its term ended (or under a term its process never had), an acknowledged send whose handler never ran |
+//! | [`messaging`] | a send was run twice, a handler completed after its term ended (or under a term its process never had), an acknowledged send whose handler never ran, a send reported as not delivered whose handler started |
 //!
 //! # When a term ends
 //!
@@ -210,6 +210,13 @@ pub enum Violation {
     AckedSendNotRun {
         /// The message.
         message: String,
+    },
+    /// A send reported as known not to have run (nothing delivered) whose handler did start.
+    FailedSendRan {
+        /// The message.
+        message: String,
+        /// The processes and tokens it ran under.
+        runs: Vec<String>,
     },
     /// A send was acknowledged with the token of a term other than the one its handler ran
     /// under.
@@ -431,7 +438,8 @@ pub fn acts(history: &History, terms: &BTreeMap<(u32, u64), TermView>) -> Vec<Vi
     violations
 }
 
-/// Sends run twice, handlers outliving their terms, acknowledged sends that never ran.
+/// Sends run twice, handlers outliving their terms, acknowledged sends that never ran, sends
+/// reported as not delivered that ran.
 pub fn messaging(history: &History, terms: &BTreeMap<(u32, u64), TermView>) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut runs: BTreeMap<&str, Vec<(u32, &str, u64)>> = BTreeMap::new();
@@ -486,6 +494,22 @@ pub fn messaging(history: &History, terms: &BTreeMap<(u32, u64), TermView>) -> V
     }
     for s in &history.records {
         if let Record::Sent {
+            message, outcome, ..
+        } = &s.record
+            && outcome == "failed"
+            && let Some(list) = runs.get(message.as_str())
+        {
+            violations.push(Violation::FailedSendRan {
+                message: message.clone(),
+                runs: list
+                    .iter()
+                    .map(|(pid, member, token)| format!("{}@{token}", process_name(member, *pid)))
+                    .collect(),
+            });
+        }
+    }
+    for s in &history.records {
+        if let Record::Sent {
             message,
             outcome,
             token,
@@ -514,8 +538,8 @@ pub fn messaging(history: &History, terms: &BTreeMap<(u32, u64), TermView>) -> V
     violations
 }
 
-/// The fenced register (`versions` in any order): every version follows the one before it, tokens never go back, no
-/// update twice, every acknowledged update kept.
+/// The fenced register (`versions` in any order): every version follows the one before it,
+/// tokens never go back, no update twice, every acknowledged update kept.
 pub fn register(records: &[Stamped], versions: &[(u64, String)]) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut previous: Option<(u64, u64)> = None;

@@ -844,3 +844,81 @@ fn dump_records(history: &History) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::record::Stamped;
+
+    const MS: u64 = 1_000_000;
+
+    fn event(kind: FaultKind, at: u64, healed: u64, leader_token: Option<u64>) -> FaultEvent {
+        FaultEvent {
+            at,
+            healed: Some(healed),
+            kind,
+            member: "m0".into(),
+            pid: 1,
+            hit_leader: leader_token.is_some(),
+            leader_token,
+        }
+    }
+
+    fn elected(token: u64, since: u64) -> Stamped {
+        Stamped {
+            member: "m1".into(),
+            pid: 2,
+            record: Record::Elected {
+                t: since,
+                token,
+                since,
+                deadline: since + 1000 * MS,
+            },
+        }
+    }
+
+    #[test]
+    fn a_failover_is_timed_from_the_fault_to_the_next_greater_term() {
+        let lease = Duration::from_secs(2);
+        let history = History {
+            records: vec![
+                elected(10, 0),
+                elected(11, 3_500 * MS),
+                elected(12, 20_000 * MS),
+            ],
+            ..History::default()
+        };
+        let events = [
+            // The leader (token 10) crashed at 1.0 s; token 11 began at 3.5 s.
+            event(FaultKind::Crash, 1_000 * MS, 2_000 * MS, Some(10)),
+            // A latency the leader (token 11) rode out: the next term comes long after.
+            event(FaultKind::SpannerLatency, 5_000 * MS, 7_000 * MS, Some(11)),
+            // A fault on a follower: no sample.
+            event(FaultKind::Pause, 8_000 * MS, 9_000 * MS, None),
+        ];
+        let samples = failovers(&events, &history, lease);
+        assert_eq!(
+            samples,
+            BTreeMap::from([("crash".to_owned(), vec![2_500.0])])
+        );
+    }
+
+    #[test]
+    fn faults_are_counted_by_kind_and_the_aborting_emulator_once() {
+        let events = [
+            event(FaultKind::Crash, 0, 1, None),
+            event(FaultKind::Crash, 2, 3, None),
+            event(FaultKind::PeerCut, 4, 5, None),
+        ];
+        let counted = count_faults(&events, true);
+        assert_eq!(
+            counted,
+            BTreeMap::from([
+                ("aborted_transactions".to_owned(), 1),
+                ("crash".to_owned(), 2),
+                ("peer_cut".to_owned(), 1),
+            ])
+        );
+        assert!(!count_faults(&events, false).contains_key("aborted_transactions"));
+    }
+}

@@ -554,6 +554,16 @@ fn messaging_finds_double_runs_handlers_past_their_term_and_acks_without_a_run()
                 outcome: "ok".into(),
                 token: Some(11),
             },
+        )
+        .record(
+            2,
+            Record::Sent {
+                started: 1,
+                t: 2,
+                message: "late".into(),
+                outcome: "failed".into(),
+                token: None,
+            },
         );
     let v = b.check();
     let has = |p: &dyn Fn(&Violation) -> bool| v.iter().any(p);
@@ -585,5 +595,9 @@ fn messaging_finds_double_runs_handlers_past_their_term_and_acks_without_a_run()
         ),
         "{v:?}"
     );
-    assert_eq!(v.len(), 5, "{v:?}");
+    assert!(
+        has(&|v| matches!(v, Violation::FailedSendRan { message, .. } if message == "late")),
+        "{v:?}"
+    );
+    assert_eq!(v.len(), 6, "{v:?}");
 }
