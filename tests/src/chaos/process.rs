@@ -235,7 +235,8 @@ impl MemberProcess {
 
     /// Sends `signal` to the process, if it has not been reaped (its PID is still ours).
     fn signal(&self, signal: i32) -> Result<u64, ProcessError> {
-        if self.child.is_none() {
+        // PID 0 (unknown) would signal this whole process group: never.
+        if self.child.is_none() || self.pid == 0 {
             return Err(ProcessError::NotRunning(self.spec.id.clone()));
         }
         let pid = libc::pid_t::try_from(self.pid)
