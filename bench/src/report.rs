@@ -290,7 +290,8 @@ pub fn svg(samples: &BTreeMap<String, Vec<f64>>, lease_ms: f64) -> String {
         .iter()
         .filter_map(|(_, v)| v.last().copied())
         .fold(target, f64::max);
-    let scale = (max / 1000.0).ceil() * 1000.0;
+    // Room to the right of the largest sample and of the target line.
+    let scale = (max * 1.1 / 1000.0).ceil() * 1000.0;
     let x = |ms: f64| LEFT + ms / scale * WIDTH;
     let height = TOP + ROW * rows.len().max(1) as f64 + 50.0;
     let mut s = String::new();
