@@ -134,8 +134,11 @@ pub struct RunReport {
 pub struct ProfileReport {
     /// The profile.
     pub profile: Profile,
-    /// Every run.
+    /// Every run that ran to its end.
     pub runs: Vec<RunReport>,
+    /// The runs that stopped on an error of the harness after they had started (`seed: error`);
+    /// the other runs are kept.
+    pub failed_runs: Vec<String>,
 }
 
 impl ProfileReport {
@@ -170,6 +173,7 @@ impl ProfileReport {
                     .iter()
                     .map(move |p| format!("seed {}: {p}", r.seed))
             })
+            .chain(self.failed_runs.iter().map(|f| format!("run stopped: {f}")))
             .collect()
     }
 
@@ -218,14 +222,30 @@ pub async fn run_profile(
     mut progress: impl FnMut(&RunReport),
 ) -> Result<ProfileReport, ChaosError> {
     let mut runs = Vec::new();
+    let mut failed_runs = Vec::new();
     for index in 0..profile.runs {
-        let report = run(profile, index, program).await?;
-        progress(&report);
-        runs.push(report);
+        match run(profile, index, program).await {
+            Ok(report) => {
+                progress(&report);
+                runs.push(report);
+            }
+            // A run that started and then failed is reported; the others still count.
+            Err(
+                e @ (ChaosError::Process(_)
+                | ChaosError::NoFirstLeader(..)
+                | ChaosError::FinalState(_)),
+            ) => {
+                let seed = profile.plan(index).seed;
+                eprintln!("chaos: run {index} (seed {seed}) stopped: {e}");
+                failed_runs.push(format!("run {index} (seed {seed}): {e}"));
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(ProfileReport {
         profile: profile.clone(),
         runs,
+        failed_runs,
     })
 }
 
@@ -307,7 +327,19 @@ pub async fn run(profile: &Profile, index: u32, program: &Path) -> Result<RunRep
     let outcome = running.drive(&plan).await;
     // Whatever happened, every member is stopped before anything else.
     running.stop_all().await;
-    outcome?;
+    if let Err(e) = outcome {
+        eprintln!(
+            "chaos: seed {} stopped: {e}; the members' last lines:",
+            plan.seed
+        );
+        for p in &running.processes {
+            eprintln!("--- {} (pid {}):\n{}", p.id(), p.pid(), p.text_tail(20));
+        }
+        for problem in &running.problems {
+            eprintln!("  problem: {problem}");
+        }
+        return Err(e);
+    }
     let (register, log) = match final_state(&emulator, &db).await {
         Ok(state) => state,
         Err(e) => {
@@ -391,8 +423,22 @@ impl Running {
         let origin = Instant::now();
         for fault in &plan.faults {
             sleep_until(origin + fault.at).await;
+            // A member that exited by itself is a problem of the run (noted with its last
+            // lines); it is started again, as Kubernetes would, and the run goes on.
             self.notice_exits();
-            self.inject(fault).await?;
+            self.restart_ended()?;
+            match self.inject(fault).await {
+                Ok(()) => {}
+                Err(ChaosError::Process(ProcessError::NotRunning(id))) => {
+                    self.notice_exits();
+                    self.problems.push(format!(
+                        "{id} was not running when the {} fault reached it",
+                        fault.kind
+                    ));
+                    self.restart_ended()?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         // Liveness: with every fault healed, some member leads again within a few leases.
         let lease = self.timings.lease;
@@ -424,6 +470,18 @@ impl Running {
         });
         self.slots[slot].current = self.processes.len();
         self.processes.push(process);
+        Ok(())
+    }
+
+    /// Starts again every member whose current process has ended (between faults, only one
+    /// that exited by itself has).
+    fn restart_ended(&mut self) -> Result<(), ChaosError> {
+        for slot in 0..self.slots.len() {
+            let index = self.slots[slot].current;
+            if matches!(self.processes[index].state(), State::Exited { .. }) {
+                self.start(slot)?;
+            }
+        }
         Ok(())
     }
 
