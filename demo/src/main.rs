@@ -34,8 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a group in this process and walk through every feature: election, membership, send,
-    /// broadcast, crash failover, graceful handover.
+    /// Run a group in this process and walk through every feature: election, membership,
+    /// put/get, send, broadcast, a semaphore, crash failover, graceful handover.
     Local(LocalArgs),
     /// Run one member of a group (configured by HEDGE_* variables) with its HTTP API.
     Member(member::MemberArgs),

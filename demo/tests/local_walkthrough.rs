@@ -2,7 +2,7 @@
 //! (the contract CI and docs/demo.md name) show every step did what it says. On the in-memory
 //! store with the default timings, then on Spanner: a database the test provisions in the
 //! emulator and names with `--spanner` (the binary finds the emulator through
-//! `SPANNER_EMULATOR_HOST`, as everywhere in hedge).
+//! `SPANNER_EMULATOR_HOST`, as everywhere in hedge), and with `--emulator`, which starts one.
 
 use std::process::Command;
 
@@ -127,4 +127,23 @@ async fn the_walkthrough_on_a_spanner_database() {
     .expect("the walkthrough");
     check(&report, 3, "spanner");
     eprintln!("spanner emulator: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_on_an_emulator_it_starts_itself() {
+    // Only to learn whether an emulator is installed (skip, or fail under
+    // HEDGE_REQUIRE_SPANNER=1, as every Spanner test); `--emulator` starts its own.
+    let Some(probe) = hedge_tests::emulator_or_skip(
+        &hedge_tests::emulator::current_test_name("local_walkthrough"),
+        false,
+    )
+    .await
+    else {
+        return;
+    };
+    drop(probe);
+    let report = tokio::task::spawn_blocking(|| local(&["--emulator", "--lease-ms", "2000"], &[]))
+        .await
+        .expect("the walkthrough");
+    check(&report, 3, "spanner-emulator");
 }

@@ -178,3 +178,6 @@ pub async fn serve(listener: TcpListener, state: ApiState, shutdown: Cancellatio
         debug!("HTTP connections still open after {SHUTDOWN_GRACE:?}: dropped");
     }
 }
+
+#[cfg(test)]
+mod tests;
