@@ -15,12 +15,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="hedge-demo" \
       org.opencontainers.image.description="Example hedge group member" \
-      org.opencontainers.image.source="https://github.com/hedge-rs/hedge" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/hedge-demo /usr/local/bin/hedge-demo
 USER 65532:65532
-# The peer transport (HEDGE_PEER_PORT's default).
-EXPOSE 7946
+# The peer transport (HEDGE_PEER_PORT's default) and the HTTP API (HEDGE_DEMO_HTTP_ADDR's).
+EXPOSE 7946 8081
 ENTRYPOINT ["/usr/local/bin/hedge-demo"]
 # One member of a group configured from the environment (`hedge-demo local` runs a group in-process).
 CMD ["member"]

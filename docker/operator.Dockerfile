@@ -15,7 +15,6 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="hedge-operator" \
       org.opencontainers.image.description="Kubernetes operator for hedge HedgeGroup resources" \
-      org.opencontainers.image.source="https://github.com/hedge-rs/hedge" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/hedge-operator /usr/local/bin/hedge-operator
 USER 65532:65532

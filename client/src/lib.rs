@@ -854,3 +854,9 @@ impl Drop for HedgeGuard {
         self.shutdown.cancel();
     }
 }
+
+/// The README's Rust examples, compiled and run as doctests (the crate's front page must not
+/// show code that does not build).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,23 +1,31 @@
-//! The hedge example workload and the local group runner.
+//! The hedge demo: the command line only; each mode lives in a module of its own.
 //!
-//! * `hedge-demo local`: three members on the embedded in-memory store in one process. It shows
-//!   who leads with which fencing token, crashes the leader (nothing released), prints the new
-//!   leader, its token and how long the failover took, then does a graceful handover.
-//! * `hedge-demo member`: one member of a real group, configured from the environment the
-//!   operator sets up (the group's ConfigMap and Secret, and the downward API). It logs every
-//!   leadership event and leaves the group cleanly on SIGTERM.
+//! * `hedge-demo local`: a whole group in one process, walked through every feature
+//!   ([`local`]), on the in-memory store or Spanner ([`backend`]), with a report ([`report`]).
+//! * `hedge-demo member`: one member of a real group with the HTTP API of hedge's Go demo
+//!   ([`member`], [`api`]), configured from the `HEDGE_*` environment; [`workload`] is where a
+//!   member's extra workloads plug in.
+//!
+//! docs/demo.md documents both, route by route.
 
+mod api;
+mod backend;
+mod handlers;
+mod local;
+mod member;
+mod report;
+mod signals;
+mod workload;
+
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use hedge::{ElectionTimings, Hedge, HedgeError, HedgeGuard, LeadershipEvent, MemoryStore};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tracing::info;
+use clap::{Args, Parser, Subcommand};
+use hedge::{DatabasePath, ElectionTimings};
 
 /// The hedge demo.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "hedge-demo", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,200 +33,100 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a local group on the in-memory store and show a crash failover and a graceful handover.
-    Local {
-        /// How many members.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=50))]
-        members: u16,
-        /// The lease in milliseconds (renew and poll intervals are a fifth of it).
-        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(600..=60_000))]
-        lease_ms: u64,
-    },
-    /// Run one member of a group configured from the environment (HEDGE_* variables).
-    Member,
+    /// Run a group in this process and walk through every feature: election, membership,
+    /// put/get, send, broadcast, a semaphore, crash failover, graceful handover.
+    Local(LocalArgs),
+    /// Run one member of a group (configured by HEDGE_* variables) with its HTTP API.
+    Member(member::MemberArgs),
 }
 
-/// The demo's errors.
-#[derive(Debug, thiserror::Error)]
-enum DemoError {
-    #[error(transparent)]
-    Hedge(#[from] HedgeError),
-    #[error("no leader was elected within {0:?}")]
-    NoLeader(Duration),
+#[derive(Debug, Args)]
+struct LocalArgs {
+    /// How many members.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(3..=20))]
+    members: u16,
+    /// The lease in milliseconds; the other timings are derived from it as hedge's defaults are.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(600..=60_000))]
+    lease_ms: u64,
+    /// Use this Spanner database (projects/P/instances/I/databases/D) instead of the in-memory
+    /// store; its schema must be current. SPANNER_EMULATOR_HOST is honoured.
+    #[arg(long, conflicts_with = "emulator")]
+    spanner: Option<DatabasePath>,
+    /// Start the Cloud Spanner emulator (when installed), create a database with hedge's schema,
+    /// and use it.
+    #[arg(long)]
+    emulator: bool,
+    /// Print the report as one JSON object on stdout (the steps go to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Keep the members running afterwards, each serving its HTTP API, until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// With --serve: the first member's HTTP port on 127.0.0.1; the others follow it (0: free
+    /// ports).
+    #[arg(long, default_value_t = 8081)]
+    http_port: u16,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A member logs its events (info). The walkthrough prints its own lines and only warnings
+    // besides; not the election loop's, whose error on the simulated crash (an aborted task in
+    // this process) a crashed process would never get to log.
+    let default_filter = match cli.command {
+        Command::Member(_) => "info",
+        Command::Local(_) => "warn,hedge::election::run=off",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
+        .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
-        Command::Local { members, lease_ms } => {
-            local(members.into(), Duration::from_millis(lease_ms)).await
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hedge-demo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
-        Command::Member => member().await,
     };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Local(args) => run_local(args).await,
+            Command::Member(args) => member::run(args).await.map_err(|e| e.to_string()),
+        }
+    });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hedge-demo: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-struct LocalMember {
-    hedge: Hedge,
-    guard: Option<HedgeGuard>,
-}
-
-async fn local(count: usize, lease: Duration) -> Result<(), DemoError> {
-    let timings = ElectionTimings::from_lease(lease);
-    let store = MemoryStore::new();
-    println!(
-        "hedge local group: {count} members on the in-memory store \
-         (lease {:?}, renew every {:?}, poll every {:?}, safety margin {:?})",
-        timings.lease, timings.renew_interval, timings.poll_interval, timings.safety_margin
-    );
-    let mut members = Vec::with_capacity(count);
-    for i in 1..=count {
-        let hedge = Hedge::builder("demo")
-            .member_id(format!("member-{i}"))
-            .store(store.clone())
-            .election_timings(timings)
-            .build()
-            .await?;
-        let guard = Some(hedge.spawn());
-        members.push(LocalMember { hedge, guard });
+async fn run_local(args: LocalArgs) -> Result<(), String> {
+    let backend = if args.emulator {
+        eprintln!("starting the Cloud Spanner emulator and provisioning hedge's schema …");
+        backend::Backend::emulator().await
+    } else if let Some(database) = args.spanner {
+        backend::Backend::spanner(database).await
+    } else {
+        Ok(backend::Backend::memory())
     }
-    let bound = timings.lease + timings.poll_interval * 2;
-
-    let (first, token) = wait_for_leader(&members, bound).await?;
-    let ids: Vec<String> = hedge_member_ids(&members[first].hedge).await?;
-    println!("members: {}", ids.join(", "));
-    println!(
-        "{} leads with fencing token {token}",
-        members[first].hedge.member_id()
-    );
-
-    println!(
-        "crashing {} (no release: the others must wait for its lease to expire)",
-        members[first].hedge.member_id()
-    );
-    let crashed_at = Instant::now();
-    if let Some(guard) = members[first].guard.take() {
-        guard.abort();
-    }
-    let (second, new_token) = wait_for_leader(&members, bound).await?;
-    println!(
-        "{} leads with fencing token {new_token} after a failover of {} ms (lease {} ms + poll ≤ {} ms)",
-        members[second].hedge.member_id(),
-        crashed_at.elapsed().as_millis(),
-        timings.lease.as_millis(),
-        timings.poll_interval.as_millis()
-    );
-
-    println!(
-        "stopping {} gracefully (it releases the lock)",
-        members[second].hedge.member_id()
-    );
-    let released_at = Instant::now();
-    if let Some(guard) = members[second].guard.take() {
-        guard.shutdown(timings.lease).await?;
-    }
-    let (third, last_token) = wait_for_leader(&members, bound).await?;
-    println!(
-        "{} leads with fencing token {last_token} after a graceful handover of {} ms",
-        members[third].hedge.member_id(),
-        released_at.elapsed().as_millis()
-    );
-    for m in &mut members {
-        if let Some(guard) = m.guard.take() {
-            guard.shutdown(timings.lease).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn hedge_member_ids(hedge: &Hedge) -> Result<Vec<String>, HedgeError> {
-    Ok(hedge
-        .members_from_store()
-        .await?
-        .into_iter()
-        .map(|m| m.id)
-        .collect())
-}
-
-/// Waits until one running member leads; returns its index and token.
-async fn wait_for_leader(
-    members: &[LocalMember],
-    within: Duration,
-) -> Result<(usize, u64), DemoError> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        let leader = members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.guard.is_some())
-            .find_map(|(i, m)| m.hedge.token().map(|t| (i, t)));
-        if let Some(found) = leader {
-            return Ok(found);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    Err(DemoError::NoLeader(within))
-}
-
-async fn member() -> Result<(), DemoError> {
-    let hedge = Hedge::from_env().await?;
-    info!(group = hedge.group(), member = hedge.member_id(), "joining");
-    let shutdown = CancellationToken::new();
-    let mut events = hedge.events();
-    let watcher = tokio::spawn(async move {
-        while let Ok(event) = events.recv().await {
-            match event {
-                LeadershipEvent::Elected { token, .. } => info!(token, "elected"),
-                LeadershipEvent::Lost { token, reason, .. } => {
-                    info!(token, ?reason, "lost leadership")
-                }
-                LeadershipEvent::LeaderChanged { leader } => info!(?leader, "leader changed"),
-                LeadershipEvent::Stopped { error } => tracing::error!(%error, "election stopped"),
-                LeadershipEvent::Started => {}
-            }
-        }
-    });
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_termination().await;
-        signal.cancel();
-    });
-    let result = hedge.run(shutdown).await;
-    watcher.abort();
-    Ok(result?)
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn wait_for_termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    .map_err(|e| e.to_string())?;
+    let options = local::LocalOptions {
+        members: usize::from(args.members),
+        timings: ElectionTimings::from_lease(Duration::from_millis(args.lease_ms)),
+        json: args.json,
+        serve: args.serve.then_some(args.http_port),
+    };
+    local::run(options, backend)
+        .await
+        .map(|_report| ())
+        .map_err(|e| e.to_string())
 }

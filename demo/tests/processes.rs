@@ -33,6 +33,8 @@ impl Process {
             .env("HEDGE_GROUP", GROUP)
             .env("HEDGE_SPANNER_DATABASE", db.to_string())
             .env("POD_NAME", id)
+            // Each member serves its HTTP API on a port of its own.
+            .env("HEDGE_DEMO_HTTP_ADDR", "127.0.0.1:0")
             .env("HEDGE_LEASE_MS", timings.lease.as_millis().to_string())
             .env(
                 "HEDGE_RENEW_INTERVAL_MS",

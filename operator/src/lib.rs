@@ -19,6 +19,7 @@ pub mod observe;
 pub mod plan;
 pub mod provision;
 pub mod resources;
+pub mod schema_command;
 pub mod server;
 pub mod settings;
 pub mod spanner;

@@ -1,4 +1,5 @@
-//! The `hedge-operator` binary: `hedge-operator crd` prints the CRD; otherwise it runs the
+//! The `hedge-operator` binary: `hedge-operator crd` prints the CRD; `hedge-operator schema
+//! print|apply|check` handles hedge's Spanner schema without Kubernetes; otherwise it runs the
 //! controller and the metrics and health endpoints until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use hedge_operator::server::{self, State, WatchHealth};
 use hedge_operator::settings::{Cli, Command, RunArgs};
 use hedge_operator::spanner::SpannerProvisioner;
 use hedge_operator::watches::{self, RunError};
-use hedge_operator::{crd, telemetry};
+use hedge_operator::{crd, schema_command, telemetry};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Schema(args)) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::from(schema_command::EXIT_FAILED);
+                }
+            };
+            let mut stdout = std::io::stdout().lock();
+            match runtime.block_on(schema_command::run(&args, &mut stdout)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(schema_command::EXIT_FAILED)
+                }
+            }
+        }
         Some(Command::Run) | None => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

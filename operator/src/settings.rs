@@ -28,6 +28,112 @@ pub enum Command {
     Crd,
     /// Run the operator (the default).
     Run,
+    /// Print, apply or check hedge's Spanner schema without Kubernetes (the same code the
+    /// operator runs for a HedgeGroup).
+    Schema(Box<SchemaArgs>),
+}
+
+/// `hedge-operator schema ...`.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct SchemaArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SchemaAction,
+}
+
+/// The schema subcommands.
+#[derive(Debug, Subcommand, Clone, PartialEq, Eq)]
+pub enum SchemaAction {
+    /// Print the DDL of the newest schema for these table names (for `gcloud spanner databases
+    /// ddl update --ddl-file`, or a DBA who provisions by hand).
+    Print {
+        /// The table names.
+        #[command(flatten)]
+        tables: TableArgs,
+    },
+    /// Create the missing tables and columns and record the version (idempotent: a current
+    /// schema is left untouched). Needs roles/spanner.databaseAdmin on the database.
+    Apply {
+        /// The database and table names.
+        #[command(flatten)]
+        target: SchemaTarget,
+    },
+    /// Report the version recorded and what is missing; exits 1 when the schema is not
+    /// current, 2 when it cannot be checked. Changes nothing (roles/spanner.databaseReader is
+    /// enough).
+    Check {
+        /// The database and table names.
+        #[command(flatten)]
+        target: SchemaTarget,
+    },
+}
+
+/// The table names of a table set: flags, or the members' own variables.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct TableArgs {
+    /// The lock table.
+    #[arg(long, env = "HEDGE_LOCK_TABLE", default_value = "hedge_locks")]
+    pub lock_table: String,
+    /// The member table.
+    #[arg(long, env = "HEDGE_MEMBER_TABLE", default_value = "hedge_members")]
+    pub member_table: String,
+    /// The schema table.
+    #[arg(long, env = "HEDGE_SCHEMA_TABLE", default_value = "hedge_schema")]
+    pub schema_table: String,
+    /// The log's key table.
+    #[arg(long, env = "HEDGE_LOG_KEY_TABLE", default_value = "hedge_log_keys")]
+    pub log_key_table: String,
+    /// The log table.
+    #[arg(long, env = "HEDGE_LOG_TABLE", default_value = "hedge_log")]
+    pub log_table: String,
+    /// The semaphore table.
+    #[arg(
+        long,
+        env = "HEDGE_SEMAPHORE_TABLE",
+        default_value = "hedge_semaphores"
+    )]
+    pub semaphore_table: String,
+    /// The permit table.
+    #[arg(long, env = "HEDGE_PERMIT_TABLE", default_value = "hedge_permits")]
+    pub permit_table: String,
+}
+
+impl TableArgs {
+    /// The table names.
+    pub fn names(&self) -> hedge::TableNames {
+        hedge::TableNames {
+            locks: self.lock_table.clone(),
+            members: self.member_table.clone(),
+            schema: self.schema_table.clone(),
+            log_keys: self.log_key_table.clone(),
+            log: self.log_table.clone(),
+            semaphores: self.semaphore_table.clone(),
+            permits: self.permit_table.clone(),
+        }
+    }
+}
+
+/// A database and its table set.
+#[derive(Debug, Args, Clone, PartialEq, Eq)]
+pub struct SchemaTarget {
+    /// The database, `projects/P/instances/I/databases/D`.
+    #[arg(long, env = "HEDGE_SPANNER_DATABASE")]
+    pub database: hedge::DatabasePath,
+    /// The Cloud Spanner emulator's gRPC endpoint (`host:port`) instead of Spanner. Without
+    /// it, `SPANNER_EMULATOR_HOST` is honoured, else Spanner is reached with Application
+    /// Default Credentials. The emulator's REST endpoint for DDL is
+    /// `HEDGE_SPANNER_EMULATOR_REST` (default: the gRPC port 9010 gives 9020).
+    #[arg(long, env = "HEDGE_SPANNER_EMULATOR_HOST")]
+    pub emulator_host: Option<String>,
+    /// How long one Spanner call may take (a schema change may take up to 10 minutes).
+    #[arg(long, env = "HEDGE_OPERATOR_SPANNER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub spanner_timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The table names.
+    #[command(flatten)]
+    pub tables: TableArgs,
 }
 
 /// The operator's settings.
@@ -137,6 +243,44 @@ mod tests {
         assert_eq!(cli.run.resync_interval, Duration::from_secs(10));
         assert_eq!(cli.run.metrics_addr, "[::]:8080".parse().unwrap());
         assert!(cli.run.allowed_databases.is_empty());
+    }
+
+    #[test]
+    fn the_schema_subcommands_default_to_the_clients_table_names() {
+        let cli = Cli::try_parse_from(["hedge-operator", "schema", "print"]).unwrap();
+        let Some(Command::Schema(args)) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        let SchemaAction::Print { tables } = args.action else {
+            panic!("{:?}", args.action);
+        };
+        assert_eq!(tables.names(), hedge::TableNames::default());
+        let cli = Cli::try_parse_from([
+            "hedge-operator",
+            "schema",
+            "check",
+            "--database",
+            "projects/p/instances/i/databases/d",
+            "--lock-table",
+            "orders_locks",
+            "--json",
+        ])
+        .unwrap();
+        let Some(Command::Schema(args)) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        let SchemaAction::Check { target } = args.action else {
+            panic!("{:?}", args.action);
+        };
+        assert_eq!(target.database.database, "d");
+        assert_eq!(target.tables.names().locks, "orders_locks");
+        assert!(target.json);
+        let err = Cli::try_parse_from(["hedge-operator", "schema", "apply", "--database", "d"])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("invalid Spanner database path"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -71,6 +71,13 @@ pub enum HarnessError {
     /// No emulator could be found and `HEDGE_REQUIRE_SPANNER=1` demands one.
     #[error("no Cloud Spanner emulator found ({0}), and {ENV_REQUIRE_SPANNER}=1 requires one")]
     Required(String),
+    /// No emulator could be found (see the module docs for where it is looked for).
+    #[error(
+        "no Cloud Spanner emulator found ({0}): install it with `gcloud components install \
+         cloud-spanner-emulator` (or Debian's google-cloud-cli-spanner-emulator), or point \
+         {ENV_EMULATOR_DIR} at its directory"
+    )]
+    NotInstalled(String),
     /// The emulator process did not start or did not answer in time.
     #[error("the Cloud Spanner emulator did not start: {0}")]
     Start(String),
@@ -121,6 +128,16 @@ impl Emulator {
                 print_skip(&current_test_name("hedge-tests"), &why);
                 Ok(None)
             }
+        }
+    }
+
+    /// Finds or starts an emulator (and creates the test instance), like [`Emulator::start`],
+    /// but for programs rather than tests: a missing emulator is
+    /// [`HarnessError::NotInstalled`], and nothing is printed.
+    pub async fn start_for_program() -> Result<Emulator, HarnessError> {
+        match Self::start_inner(false).await? {
+            Ok(emulator) => Ok(emulator),
+            Err(Unavailable(why)) => Err(HarnessError::NotInstalled(why)),
         }
     }
 

@@ -385,7 +385,9 @@ pub fn ddl(tables: &TableNames) -> Vec<String> {
 #[cfg(feature = "spanner")]
 pub(crate) use provision::ensure_on;
 #[cfg(feature = "spanner")]
-pub use provision::{SchemaReport, drop_schema, ensure_schema, ensure_schema_version};
+pub use provision::{
+    SchemaReport, SchemaStatus, check_schema, drop_schema, ensure_schema, ensure_schema_version,
+};
 
 /// Provisioning through the Spanner admin API: compare [`migrations`] with what the database
 /// has, apply exactly what is missing, and record the version.
@@ -399,7 +401,7 @@ mod provision {
     use google_cloud_spanner::transaction::ReadWriteTransaction;
     use google_cloud_spanner::types;
 
-    use super::{SCHEMA_VERSION, SchemaError, TableNames, migrations, table_columns};
+    use super::{DdlItem, SCHEMA_VERSION, SchemaError, TableNames, migrations, table_columns};
     use crate::config::DatabasePath;
     use crate::store::StoreError;
     use crate::store::spanner::{
@@ -422,6 +424,25 @@ mod provision {
         /// Whether the run changed anything (DDL or the version record).
         pub fn changed(&self) -> bool {
             !self.applied.is_empty() || self.version_before != Some(self.version_after)
+        }
+    }
+
+    /// What [`check_schema`] found, without changing anything.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct SchemaStatus {
+        /// The version recorded in the schema table (`None`: no record, e.g. a fresh database
+        /// or tables created by hand from `ddl`).
+        pub version_found: Option<i64>,
+        /// The items of the newest version that the database lacks, in the order
+        /// [`ensure_schema`] would apply them.
+        pub missing: Vec<DdlItem>,
+    }
+
+    impl SchemaStatus {
+        /// Whether the database holds the newest schema and records it: [`ensure_schema`]
+        /// would change nothing.
+        pub fn is_current(&self) -> bool {
+            self.missing.is_empty() && self.version_found == Some(SCHEMA_VERSION)
         }
     }
 
@@ -464,28 +485,43 @@ mod provision {
         ensure_on(&conn, tables, target).await
     }
 
-    /// [`ensure_schema_version`] on an open connection (a store's own, so that a caller that
-    /// checks the schema often does not open a client each time).
-    pub(crate) async fn ensure_on(
+    /// Reads what `db` holds of the tables `tables` and compares it with the newest schema:
+    /// the version recorded and the items missing. Changes nothing; the same comparison
+    /// [`ensure_schema`] makes before it applies anything (a table of the set that is not
+    /// hedge's is [`SchemaError::ForeignTable`], a newer version [`SchemaError::TooNew`]).
+    pub async fn check_schema(
+        db: &DatabasePath,
+        tables: &TableNames,
+        options: &SpannerOptions,
+    ) -> Result<SchemaStatus, SchemaError> {
+        tables.validate()?;
+        db.to_string().parse::<DatabasePath>()?;
+        let conn = Connection::open(db, options)
+            .await
+            .map_err(spanner_error("connecting"))?;
+        inspect(&conn, tables, SCHEMA_VERSION).await
+    }
+
+    /// The version recorded and the items up to `target` that the database lacks.
+    async fn inspect(
         conn: &Connection,
         tables: &TableNames,
         target: i64,
-    ) -> Result<SchemaReport, SchemaError> {
-        let conn = conn.clone();
-        let existing = Existing::read(&conn, tables).await?;
+    ) -> Result<SchemaStatus, SchemaError> {
+        let existing = Existing::read(conn, tables).await?;
         existing.check_ours(tables)?;
-        let version_before = if existing.has_table(&tables.schema) {
-            read_version(&conn, tables).await?
+        let version_found = if existing.has_table(&tables.schema) {
+            read_version(conn, tables).await?
         } else {
             None
         };
-        if let Some(found) = version_before.filter(|v| *v > SCHEMA_VERSION) {
+        if let Some(found) = version_found.filter(|v| *v > SCHEMA_VERSION) {
             return Err(SchemaError::TooNew {
                 found,
                 supported: SCHEMA_VERSION,
             });
         }
-        let missing: Vec<String> = migrations(tables)
+        let missing = migrations(tables)
             .into_iter()
             .filter(|m| m.version <= target)
             .flat_map(|m| m.items)
@@ -494,8 +530,26 @@ mod provision {
                 (None, Some(index)) => !existing.has_index(index),
                 (None, None) => !existing.has_table(&item.table),
             })
-            .map(|item| item.statement)
             .collect();
+        Ok(SchemaStatus {
+            version_found,
+            missing,
+        })
+    }
+
+    /// [`ensure_schema_version`] on an open connection (a store's own, so that a caller that
+    /// checks the schema often does not open a client each time).
+    pub(crate) async fn ensure_on(
+        conn: &Connection,
+        tables: &TableNames,
+        target: i64,
+    ) -> Result<SchemaReport, SchemaError> {
+        let conn = conn.clone();
+        let SchemaStatus {
+            version_found: version_before,
+            missing,
+        } = inspect(&conn, tables, target).await?;
+        let missing: Vec<String> = missing.into_iter().map(|item| item.statement).collect();
         if !missing.is_empty() {
             apply_ddl(&conn, missing.clone(), "applying the schema DDL").await?;
         }
