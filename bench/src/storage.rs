@@ -138,6 +138,9 @@ struct Report {
     /// The same follower's direct puts, interleaved with the forwarded ones.
     put_follower_direct_ms: Option<Summary>,
     put_forwarded_over_direct_p50: Option<f64>,
+    /// The leader's own puts fenced on its token (what it writes for a forwarded put),
+    /// interleaved with the forwarded ones.
+    put_leader_fenced_ms: Option<Summary>,
     /// From a release on one member until a waiting member holds the permit, with the
     /// release announced over the peer transport.
     cross_member_wake_ms: Option<Summary>,
@@ -331,7 +334,7 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
         true,
     )
     .await?;
-    let (forwarded, follower_direct) =
+    let (forwarded, follower_direct, leader_fenced) =
         crate::storage_peers::forwarded_puts(&pair, ops, &value).await?;
     progress(args.json, "cross-member wake-ups");
     let woken = crate::storage_peers::cross_member_wake(&pair, "wake", args.wake_trials).await?;
@@ -362,6 +365,7 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
         put_forwarded_over_direct_p50: ratio(&put_forwarded, &put_follower_direct),
         put_forwarded_ms: put_forwarded,
         put_follower_direct_ms: put_follower_direct,
+        put_leader_fenced_ms: summarize(&leader_fenced),
         cross_member_wake_ms: summarize(&woken),
         cross_member_wake_without_announcement_ms: summarize(&unannounced),
         scenario: "storage",

@@ -104,38 +104,52 @@ pub async fn pair(
     })
 }
 
-/// `ops` forwarded puts of the follower, each interleaved with one direct put of the same
-/// follower: `(forwarded, direct)` latencies in milliseconds.
+/// `ops` forwarded puts of the follower, each interleaved (in rotating order) with one direct
+/// put of the same follower and one put of the leader fenced on its token (what the leader
+/// writes for a forwarded put): `(forwarded, direct, fenced)` latencies in milliseconds.
 pub async fn forwarded_puts(
     pair: &Pair,
     ops: u32,
     value: &[u8],
-) -> Result<(Vec<f64>, Vec<f64>), StorageBenchError> {
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>), StorageBenchError> {
+    let leader = pair.members[0].log();
+    let token = pair.members[0]
+        .token()
+        .ok_or_else(|| StorageBenchError::Task("member a does not lead".into()))?;
     let log = pair.members[1].log();
-    let (mut forwarded, mut direct) = (Vec::new(), Vec::new());
+    let (mut forwarded, mut direct, mut fenced) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..ops {
-        for step in 0..2 {
+        for step in 0..3 {
             let started = Instant::now();
-            if (i + step) % 2 == 0 {
-                let entry = log.put(&format!("fwd-{}", i % 10), value.to_vec()).await?;
-                if entry.token.is_none() {
-                    return Err(StorageBenchError::Task(
-                        "a forwarded put was written directly (no leader reachable)".into(),
-                    ));
+            match (i + step) % 3 {
+                0 => {
+                    let entry = log.put(&format!("fwd-{}", i % 10), value.to_vec()).await?;
+                    if entry.token.is_none() {
+                        return Err(StorageBenchError::Task(
+                            "a forwarded put was written directly (no leader reachable)".into(),
+                        ));
+                    }
+                    forwarded.push(crate::storage::ms(started.elapsed()));
                 }
-                forwarded.push(crate::storage::ms(started.elapsed()));
-            } else {
-                log.put_with(
-                    &format!("direct-{}", i % 10),
-                    value.to_vec(),
-                    PutOptions::default().routing(PutRouting::Direct),
-                )
-                .await?;
-                direct.push(crate::storage::ms(started.elapsed()));
+                1 => {
+                    log.put_with(
+                        &format!("direct-{}", i % 10),
+                        value.to_vec(),
+                        PutOptions::default().routing(PutRouting::Direct),
+                    )
+                    .await?;
+                    direct.push(crate::storage::ms(started.elapsed()));
+                }
+                _ => {
+                    leader
+                        .put_fenced(&format!("fenced-{}", i % 10), value.to_vec(), token)
+                        .await?;
+                    fenced.push(crate::storage::ms(started.elapsed()));
+                }
             }
         }
     }
-    Ok((forwarded, direct))
+    Ok((forwarded, direct, fenced))
 }
 
 /// `trials` times: member `a` holds the only permit of a semaphore while member `b` waits for
