@@ -148,11 +148,12 @@ fn default_peer_port() -> i32 {
 /// The names of hedge's tables.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+// Spanner table names are case-insensitive: every name must differ from the others in lower case.
 #[x_kube(validation = Rule::new(
-    "self.locks.lowerAscii() != self.members.lowerAscii() \
-     && self.locks.lowerAscii() != self.schema.lowerAscii() \
-     && self.members.lowerAscii() != self.schema.lowerAscii()"
-).message("the locks, members and schema tables must have different names"))]
+    "[self.locks, self.members, self.schema, self.logKeys, self.log, self.semaphores, self.permits]\
+     .all(t, [self.locks, self.members, self.schema, self.logKeys, self.log, self.semaphores, \
+     self.permits].filter(u, u.lowerAscii() == t.lowerAscii()).size() == 1)"
+).message("the tables must have different names (compared case-insensitively)"))]
 pub struct TablesSpec {
     /// One row per lock: holder, fencing token, lease.
     #[serde(default = "default_locks_table")]
@@ -166,6 +167,22 @@ pub struct TablesSpec {
     #[serde(default = "default_schema_table")]
     #[schemars(length(max = 128), regex(pattern = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"))]
     pub schema: String,
+    /// One row per key of the log: its last sequence number.
+    #[serde(default = "default_log_keys_table")]
+    #[schemars(length(max = 128), regex(pattern = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"))]
+    pub log_keys: String,
+    /// One row per version of a log key (interleaved in `logKeys`).
+    #[serde(default = "default_log_table")]
+    #[schemars(length(max = 128), regex(pattern = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"))]
+    pub log: String,
+    /// One row per semaphore: its limit and last permit token.
+    #[serde(default = "default_semaphores_table")]
+    #[schemars(length(max = 128), regex(pattern = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"))]
+    pub semaphores: String,
+    /// One row per permit held (interleaved in `semaphores`).
+    #[serde(default = "default_permits_table")]
+    #[schemars(length(max = 128), regex(pattern = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"))]
+    pub permits: String,
 }
 
 fn default_locks_table() -> String {
@@ -177,6 +194,18 @@ fn default_members_table() -> String {
 fn default_schema_table() -> String {
     hedge::store::TableNames::default().schema
 }
+fn default_log_keys_table() -> String {
+    hedge::store::TableNames::default().log_keys
+}
+fn default_log_table() -> String {
+    hedge::store::TableNames::default().log
+}
+fn default_semaphores_table() -> String {
+    hedge::store::TableNames::default().semaphores
+}
+fn default_permits_table() -> String {
+    hedge::store::TableNames::default().permits
+}
 
 impl Default for TablesSpec {
     fn default() -> Self {
@@ -185,6 +214,10 @@ impl Default for TablesSpec {
             locks: t.locks,
             members: t.members,
             schema: t.schema,
+            log_keys: t.log_keys,
+            log: t.log,
+            semaphores: t.semaphores,
+            permits: t.permits,
         }
     }
 }
@@ -299,7 +332,7 @@ pub enum DeletionPolicy {
     /// Keep the tables and the group's rows (the default).
     #[default]
     Retain,
-    /// Delete the group's rows (its locks and members); keep the tables.
+    /// Delete the group's rows (locks, members, log versions, semaphores and permits); keep the tables.
     DeleteRows,
     /// Delete the group's rows, then drop the tables unless another group may still use them:
     /// another HedgeGroup on the same database and tables, rows of another group in them, or

@@ -400,15 +400,19 @@ mod tests {
 
         assert_eq!(upgrade.version_before, Some(1));
         assert_eq!(upgrade.version_after, SCHEMA_VERSION);
-        // The member table (version 2) and the incarnation columns (version 3) are new.
+        // The member table (version 2), the incarnation columns (version 3), and the log and
+        // semaphore tables with the log's index (version 4) are new.
         assert_eq!(
             upgrade.applied.len(),
-            3,
+            8,
             "only what version 1 lacks: {:?}",
             upgrade.applied
         );
         assert!(upgrade.applied[0].starts_with("CREATE TABLE hedge_members"));
         assert!(upgrade.applied[1].contains("ADD COLUMN holder_incarnation"));
+        assert!(upgrade.applied[2].contains("ADD COLUMN incarnation"));
+        assert!(upgrade.applied[3].starts_with("CREATE TABLE hedge_log_keys"));
+        assert!(upgrade.applied[7].starts_with("CREATE TABLE hedge_permits"));
     }
 
     /// The whole reconcile on the mocked API and the emulator: Ready, the live leader in the

@@ -200,7 +200,10 @@ pub fn validate(hg: &HedgeGroup) -> Result<ValidGroup, InvalidSpec> {
         locks: spec.tables.locks.clone(),
         members: spec.tables.members.clone(),
         schema: spec.tables.schema.clone(),
-        ..TableNames::default()
+        log_keys: spec.tables.log_keys.clone(),
+        log: spec.tables.log.clone(),
+        semaphores: spec.tables.semaphores.clone(),
+        permits: spec.tables.permits.clone(),
     };
     tables.validate()?;
 

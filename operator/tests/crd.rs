@@ -141,6 +141,10 @@ fn the_cel_rules_reject_what_the_operator_would_reject() {
             "must have different names",
         ),
         (
+            format!("{{database: {DB}, tables: {{log: hedge_permits}}}}"),
+            "must have different names",
+        ),
+        (
             format!("{{database: {DB}, networkPolicy: {{enabled: true}}}}"),
             "networkPolicy.enabled needs the members",
         ),

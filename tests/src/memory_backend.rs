@@ -14,6 +14,12 @@ use hedge::store::{ClockSkew, Latency, LockKey, MemoryStore, Store};
 
 use crate::conformance::Backend;
 
+/// How long each operation of the shared store takes: a millisecond each way.
+const LATENCY: Latency = Latency {
+    request: Duration::from_millis(1),
+    reply: Duration::from_millis(1),
+};
+
 /// All members share one in-process store; with paused tokio time little slack is needed.
 #[derive(Clone, Debug)]
 pub struct MemoryBackend {
@@ -23,10 +29,7 @@ pub struct MemoryBackend {
 impl Default for MemoryBackend {
     fn default() -> Self {
         let store = MemoryStore::new();
-        store.set_latency(Latency {
-            request: Duration::from_millis(1),
-            reply: Duration::from_millis(1),
-        });
+        store.set_latency(LATENCY);
         Self { store }
     }
 }
@@ -54,7 +57,8 @@ impl Backend for MemoryBackend {
 
     async fn write_tied_versions(&self, group: &str, key: &str, values: &[&str]) {
         // The store's clock stands still under paused time: consecutive puts share their
-        // commit instant.
+        // commit instant once the store answers instantly (the only writer meanwhile).
+        self.store.set_latency(Latency::default());
         let writer = hedge::Candidate::new("tied-writer");
         for value in values {
             let request = hedge::store::PutRequest {
@@ -68,6 +72,7 @@ impl Backend for MemoryBackend {
             };
             self.store.put(group, &request).await.expect("put");
         }
+        self.store.set_latency(LATENCY);
     }
 
     fn slack(&self) -> Duration {
