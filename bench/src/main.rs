@@ -10,6 +10,7 @@ mod election;
 mod messaging;
 mod stats;
 mod storage;
+mod storage_peers;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
