@@ -12,6 +12,7 @@ mod messaging;
 mod report;
 mod stats;
 mod storage;
+mod storage_peers;
 
 use clap::{Parser, Subcommand, ValueEnum};
 

@@ -5,6 +5,10 @@
 //!
 //! Every client is a Spanner client of its own (one `DatabaseClient`, one session), as separate
 //! pods would have. Each hedge operation is measured interleaved with its bare counterpart.
+//!
+//! With the peer transport on loopback ([`crate::storage_peers`]): a follower's put forwarded
+//! to the leader against the same follower's direct put, and a release on one member reaching
+//! a waiter on another, with the release announcement and without it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,9 @@ pub struct Args {
     /// The permit lease in milliseconds; the renewal and backoff scale from it.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
     permit_lease_ms: u64,
+    /// Cross-member wake-up trials, with and without the release announcement.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    wake_trials: u32,
 }
 
 /// The benchmark's errors.
@@ -126,6 +133,19 @@ struct Report {
     permit_renew_interval_ms: u128,
     permit_max_backoff_ms: u128,
     permit_reclaim_ms: Option<Summary>,
+    /// A follower's put forwarded to the leader over the peer transport.
+    put_forwarded_ms: Option<Summary>,
+    /// The same follower's direct puts, interleaved with the forwarded ones.
+    put_follower_direct_ms: Option<Summary>,
+    put_forwarded_over_direct_p50: Option<f64>,
+    /// The leader's own puts fenced on its token (what it writes for a forwarded put),
+    /// interleaved with the forwarded ones.
+    put_leader_fenced_ms: Option<Summary>,
+    /// From a release on one member until a waiting member holds the permit, with the
+    /// release announced over the peer transport.
+    cross_member_wake_ms: Option<Summary>,
+    /// The same without the announcement (the waiter's backoff finds the permit).
+    cross_member_wake_without_announcement_ms: Option<Summary>,
 }
 
 struct Bench {
@@ -306,6 +326,30 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
         reclaim.push(reclaim_after_crash(&bench, trial, timings).await?);
     }
 
+    progress(args.json, "forwarded puts");
+    let pair = crate::storage_peers::pair(
+        [bench.store().await?, bench.store().await?],
+        "bench-peers",
+        timings,
+        true,
+    )
+    .await?;
+    let (forwarded, follower_direct, leader_fenced) =
+        crate::storage_peers::forwarded_puts(&pair, ops, &value).await?;
+    progress(args.json, "cross-member wake-ups");
+    let woken = crate::storage_peers::cross_member_wake(&pair, "wake", args.wake_trials).await?;
+    pair.stop().await;
+    let pair = crate::storage_peers::pair(
+        [bench.store().await?, bench.store().await?],
+        "bench-peers-silent",
+        timings,
+        false,
+    )
+    .await?;
+    let unannounced =
+        crate::storage_peers::cross_member_wake(&pair, "wake", args.wake_trials).await?;
+    pair.stop().await;
+
     let ratio = |a: &Option<Summary>, b: &Option<Summary>| match (a, b) {
         (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
         _ => None,
@@ -315,7 +359,15 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
     let bare_write_1 = summarize(&bare_write_1);
     let bare_read_1 = summarize(&bare_read_1);
     let bare_read_write_1 = summarize(&bare_read_write_1);
+    let put_forwarded = summarize(&forwarded);
+    let put_follower_direct = summarize(&follower_direct);
     let report = Report {
+        put_forwarded_over_direct_p50: ratio(&put_forwarded, &put_follower_direct),
+        put_forwarded_ms: put_forwarded,
+        put_follower_direct_ms: put_follower_direct,
+        put_leader_fenced_ms: summarize(&leader_fenced),
+        cross_member_wake_ms: summarize(&woken),
+        cross_member_wake_without_announcement_ms: summarize(&unannounced),
         scenario: "storage",
         backend: "spanner-emulator",
         value_bytes: args.value_bytes,
@@ -355,7 +407,8 @@ pub async fn run(args: Args) -> Result<(), StorageBenchError> {
     Ok(())
 }
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds.
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 

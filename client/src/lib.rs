@@ -328,6 +328,19 @@ impl HedgeBuilder {
             max_body_bytes,
             self.metrics.clone(),
         ));
+        // The peer transport forwards puts to the leader and announces releases, unless the
+        // application installed its own hooks.
+        let mut storage = self.storage;
+        if node.peers.is_some() {
+            if storage.forwarder.is_none() {
+                storage.forwarder = Some(Arc::new(kv::forward::PeerForwarder::new(node.clone())));
+            }
+            if storage.release_notifier.is_none() {
+                storage.release_notifier = Some(Arc::new(
+                    semaphore::notify::PeerReleaseNotifier::new(node.clone()),
+                ));
+            }
+        }
         Ok(Hedge {
             inner: Arc::new(Inner {
                 config: self.config,
@@ -338,8 +351,8 @@ impl HedgeBuilder {
                 transport: Mutex::new(transport),
                 locks: Mutex::default(),
                 metrics: self.metrics,
-                waiters: semaphore::Waiters::new(self.storage.release_notifier.clone()),
-                storage: self.storage,
+                waiters: semaphore::Waiters::new(storage.release_notifier.clone()),
+                storage,
             }),
         })
     }
@@ -648,7 +661,7 @@ impl Hedge {
         // If this future is dropped (the task aborted: a crash), the server dies with it,
         // abruptly, as the process would.
         let mut server = AbortOnDrop(transport.map(|(server, auth)| {
-            tokio::spawn(server.serve(node.router(), auth, server_stop.clone()))
+            tokio::spawn(server.serve(self.router(), auth, server_stop.clone()))
         }));
         let stop = shutdown.child_token();
         let members = membership::run_member(
@@ -704,6 +717,13 @@ impl Hedge {
         election?;
         members?;
         Ok(())
+    }
+
+    /// Every route this member serves: messaging's, forwarded puts, release announcements.
+    fn router(&self) -> peer::Router {
+        let router = self.inner.node.router();
+        let router = kv::forward::route(router, self.log(), self.inner.node.clone());
+        semaphore::notify::route(router, self.inner.waiters.clone(), self.group().to_owned())
     }
 
     /// Runs the member on a new task; dropping the guard stops it (releasing the lock).

@@ -4,7 +4,7 @@
 //! operator's status. Each member refreshes its own row every heartbeat interval, then reads
 //! every live row and reconciles its cached [`MemberView`] with them. On top of that, members
 //! **push** their joins and graceful leaves to each other
-//! ([`Announcement`](crate::messaging::announce::Announcement)), so a change reaches every view
+//! ([`Announcement`]), so a change reaches every view
 //! within one round trip instead of one heartbeat interval. A crashed member cannot announce
 //! anything: it leaves every view at the first refresh after its row's TTL passes, that is within
 //! `ttl + heartbeat_interval` of its last heartbeat.

@@ -1,15 +1,20 @@
 //! The options of the log and the semaphores, and the hooks the peer transport fills in.
 //!
-//! Two things need the member-to-member transport, and work without it:
+//! Two things use the member-to-member transport, and work without it:
 //!
-//! * forwarding a follower's put through the leader ([`crate::kv::PutForwarder`]); without a
-//!   forwarder, puts are written directly;
+//! * forwarding a follower's put through the leader ([`crate::kv::PutForwarder`], implemented
+//!   by [`crate::kv::forward`]); without a forwarder, or when no leader can be reached, puts
+//!   are written directly;
 //! * waking the waiters of *other* members at once when a permit is released
-//!   ([`crate::semaphore::ReleaseNotifier`] to announce, [`crate::Hedge::wake_semaphore_waiters`]
-//!   on receipt); without it, a waiter in another process retries with backoff (at most
+//!   ([`crate::semaphore::ReleaseNotifier`] to announce, implemented by
+//!   [`crate::semaphore::notify`]; [`crate::Hedge::wake_semaphore_waiters`] on receipt);
+//!   without it, a waiter in another process retries with backoff (at most
 //!   [`PermitTimings::max_backoff`](crate::semaphore::PermitTimings::max_backoff) apart, and at
 //!   the moment the first live permit would expire). Waiters in the same process are always
 //!   woken at once.
+//!
+//! [`HedgeBuilder::build`](crate::HedgeBuilder::build) installs both hooks when the peer
+//! transport is on, unless the options already carry hooks of the application's own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +33,10 @@ pub struct StorageOptions {
     /// The permits' lease and renewal, and the waiters' backoff. Default
     /// [`PermitTimings::default`] (a 5 s lease).
     pub permit_timings: PermitTimings,
-    /// Sends followers' puts to the leader (the peer transport). Default none.
+    /// Sends followers' puts to the leader. Default none; the peer transport's when it is on.
     pub forwarder: Option<Arc<dyn PutForwarder>>,
-    /// Announces released permits to the other members (the peer transport). Default none.
+    /// Announces released permits to the other members. Default none; the peer transport's
+    /// when it is on.
     pub release_notifier: Option<Arc<dyn ReleaseNotifier>>,
 }
 

@@ -975,9 +975,9 @@ pub async fn forwarded_put_falls_back_to_a_direct_write_once(backend: &dyn Backe
     impl PutForwarder for Failing {
         async fn forward(
             &self,
-            _leader: &hedge::election::LeaderInfo,
             group: &str,
             request: &PutRequest,
+            _deadline: tokio::time::Instant,
         ) -> Result<PutOutcome, hedge::kv::ForwardError> {
             // The leader wrote it, but the reply never came back.
             self.0.put(group, request).await.expect("leader writes");

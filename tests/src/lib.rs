@@ -16,6 +16,7 @@ pub mod memory_backend;
 pub mod messaging;
 pub mod permit_timeline;
 pub mod spanner_backend;
+pub mod storage_peers;
 pub mod timeline;
 
 pub use emulator::{Emulator, HarnessError, emulator_or_skip};

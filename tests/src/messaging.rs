@@ -102,9 +102,20 @@ pub async fn start_member(
     id: &str,
     configure: &(dyn Fn(HedgeBuilder) -> HedgeBuilder + Sync),
 ) -> Running {
+    start_member_on(backend.member_store().await, params, id, configure).await
+}
+
+/// Builds and starts member `id` of [`GROUP`] on `store` (a backend's store, or a wrapper of
+/// one), configured further by `configure`.
+pub async fn start_member_on(
+    store: Arc<dyn hedge::Store>,
+    params: Params,
+    id: &str,
+    configure: &(dyn Fn(HedgeBuilder) -> HedgeBuilder + Sync),
+) -> Running {
     let builder = Hedge::builder(GROUP)
         .member_id(id)
-        .shared_store(backend.member_store().await)
+        .shared_store(store)
         .election_timings(params.election)
         .membership_timings(params.membership)
         .peer(PeerOptions::new(secret()).listen("127.0.0.1:0".parse().expect("an address")));
@@ -179,7 +190,8 @@ pub async fn wait_for_views(members: &[Running], limit: Duration) {
     .expect("every view converges in time");
 }
 
-async fn stop_all(members: &mut [Running]) {
+/// Stops every member gracefully.
+pub async fn stop_all(members: &mut [Running]) {
     for m in members.iter_mut() {
         m.shutdown().await;
     }

@@ -7,6 +7,10 @@
 //! | `/hedge/v1/stream/leader` | stream | the leader stream handler, if this member leads now |
 //! | `/hedge/v1/stream/broadcast` | stream | the broadcast stream handler |
 //! | `/hedge/v1/announce` | typed ([`Announce`]) | applies the announcement to the views |
+//! | `/hedge/v1/kv/put` | unary | writes a follower's put under the leader's term ([`crate::kv::forward`]) |
+//! | `/hedge/v1/semaphore/released` | typed | wakes this member's waiting acquires ([`crate::semaphore::notify`]) |
+//!
+//! (The last two are added by the `Hedge` handle, which owns the log and the waiters.)
 
 use std::sync::Arc;
 

@@ -243,7 +243,15 @@ impl PeerOptions {
                 })?;
                 Ok(SocketAddr::new(self.pod_ip.unwrap_or_else(local_ip), port).to_string())
             }
-            Some(a) => Ok(a.to_owned()),
+            // An address with port 0 (`POD_IP` with `HEDGE_PEER_PORT=0`) names the port the
+            // server picked: nobody can reach port 0.
+            Some(a) => match a.parse::<SocketAddr>() {
+                Ok(mut addr) if addr.port() == 0 => {
+                    addr.set_port(bound.port());
+                    Ok(addr.to_string())
+                }
+                _ => Ok(a.to_owned()),
+            },
             None if !bound.ip().is_unspecified() => Ok(bound.to_string()),
             None => {
                 Ok(SocketAddr::new(self.pod_ip.unwrap_or_else(local_ip), bound.port()).to_string())
@@ -294,6 +302,15 @@ mod tests {
                 .advertised_address(any)
                 .unwrap(),
             "h:1"
+        );
+        // `POD_IP` with port 0: the port the server picked, never port 0.
+        assert_eq!(
+            options
+                .clone()
+                .advertise("10.1.2.3:0")
+                .advertised_address(any)
+                .unwrap(),
+            "10.1.2.3:4000"
         );
         assert!(options.advertise(":x").advertised_address(any).is_err());
     }

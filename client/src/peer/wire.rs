@@ -32,6 +32,10 @@ pub const ROUTE_LEADER_STREAM: &str = "/hedge/v1/stream/leader";
 pub const ROUTE_BROADCAST_STREAM: &str = "/hedge/v1/stream/broadcast";
 /// Membership and leadership announcements (joins, leaves, elections, releases).
 pub const ROUTE_ANNOUNCE: &str = "/hedge/v1/announce";
+/// A follower's put, for the leader to write under its term (see [`crate::kv`]).
+pub const ROUTE_KV_PUT: &str = "/hedge/v1/kv/put";
+/// "A permit of this semaphore was released": wakes the receiver's waiting acquires.
+pub const ROUTE_PERMIT_RELEASED: &str = "/hedge/v1/semaphore/released";
 
 /// The sender's group.
 pub const HEADER_GROUP: &str = "hedge-group";

@@ -19,6 +19,7 @@ pub fn log_status(error: &KvError) -> StatusCode {
     match error {
         KvError::Input(_) => StatusCode::BAD_REQUEST,
         KvError::Fenced { .. } => StatusCode::CONFLICT,
+        KvError::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
         KvError::NotUtf8 { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         KvError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
         KvError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

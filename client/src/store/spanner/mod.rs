@@ -36,7 +36,7 @@
 //!
 //! # Files
 //!
-//! * [`options`]: how to reach Spanner; `connection.rs`: the client, deadlines, queries;
+//! * `options.rs`: how to reach Spanner ([`SpannerOptions`]); `connection.rs`: the client, deadlines, queries;
 //!   `errors.rs`: Spanner's errors classified by what retrying can fix;
 //! * `locks.rs`: acquire, renew, release (one transaction each, written once);
 //!   `members.rs`: the member rows; `log.rs`: the log's puts, reads, listings and trims;

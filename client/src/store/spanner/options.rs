@@ -23,11 +23,11 @@ pub struct SpannerOptions {
     /// anonymous credentials. Overrides `SPANNER_EMULATOR_HOST` for this store only.
     pub emulator_host: Option<String>,
     /// The emulator's REST admin endpoint (`http://host:port`, the gateway's `--http_port`),
-    /// used for DDL by [`ensure_schema`](super::schema::ensure_schema). When unset:
+    /// used for DDL by [`ensure_schema`](crate::store::schema::ensure_schema). When unset:
     /// `HEDGE_SPANNER_EMULATOR_REST`, else the crate's default (gRPC port 9010 → 9020).
     pub emulator_rest_endpoint: Option<String>,
     /// How long connecting (building the client and creating its session) may take before it
-    /// fails with [`StoreError::Unavailable`]. Default 10 s.
+    /// fails with [`StoreError::Unavailable`](crate::store::StoreError::Unavailable). Default 10 s.
     pub connect_timeout: Duration,
     /// How long one operation may take, its Aborted retries included. Default 10 s.
     pub operation_timeout: Duration,

@@ -30,6 +30,8 @@
 //! The one remaining case, a commit that outlives the caller's own deadline on the server, is
 //! a permit nobody renews: it stops counting after one lease.
 
+pub mod notify;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -200,7 +202,8 @@ impl PermitTimings {
 
 /// Announces this member's released permits to the other members, whose transport then calls
 /// [`Hedge::wake_semaphore_waiters`](crate::Hedge::wake_semaphore_waiters): the hook the peer
-/// transport implements. It must not block (send in the background).
+/// transport implements (see [`notify`], installed when the transport is on). It must not
+/// block (send in the background).
 pub trait ReleaseNotifier: Send + Sync + std::fmt::Debug + 'static {
     /// A permit of `key` was released by this member.
     fn permit_released(&self, key: &SemaphoreKey);

@@ -38,18 +38,23 @@
 //! hedge (Go) sends a follower's put to the leader by default. That buys no consistency
 //! (Spanner serialises the puts of a key anyway) and costs a hop, so hedge writes directly by
 //! default ([`PutRouting::Direct`]). [`PutRouting::ViaLeader`] sends followers' puts to the
-//! leader through a [`PutForwarder`], which the peer transport provides; with no forwarder
-//! installed, or when forwarding fails, the put is written directly, with the same request id,
-//! so it is still written once.
+//! leader through a [`PutForwarder`]: with the peer transport on, the one [`forward`] installs,
+//! under which the leader writes the put **fenced on its own term** (the version records the
+//! follower as its writer and the leader's token). With no forwarder (no peer transport), no
+//! leader known or reachable, or when forwarding fails, the put is written directly, with the
+//! same request id, so it is still written once. A forward may take half the
+//! [`put_timeout`](crate::storage::StorageOptions::put_timeout); the direct write the rest.
+
+pub mod forward;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::election::{Election, LeaderInfo};
+use crate::election::Election;
 use crate::store::log_rules::{self, LogEntry, LogInputError, LogQuery, PutMode, PutRequest};
 use crate::store::{Candidate, PutOutcome, Retention, Store, StoreError};
 
@@ -91,6 +96,13 @@ pub enum KvError {
         #[source]
         source: std::str::Utf8Error,
     },
+    /// A forwarded put reached a member that does not lead (or whose term ended before the
+    /// put committed); nothing was written under its term.
+    #[error("member {member} does not lead: it cannot write a forwarded put")]
+    NotLeader {
+        /// This member.
+        member: String,
+    },
     /// The store failed (after retries, for a put).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -102,9 +114,9 @@ pub enum PutRouting {
     /// Every member writes its own puts (one transaction each). The default.
     #[default]
     Direct,
-    /// Followers send their puts to the leader, which writes them (hedge's default), through
-    /// the [`PutForwarder`] the peer transport installs; without one, puts are written
-    /// directly.
+    /// Followers send their puts to the leader, which writes them fenced on its term (hedge's
+    /// default), through the [`PutForwarder`] the peer transport installs; without one, or
+    /// when no leader can be reached, puts are written directly.
     ViaLeader,
 }
 
@@ -160,15 +172,17 @@ impl PutOptions {
 pub struct ForwardError(pub String);
 
 /// Sends a follower's put to the leader: the hook the peer transport implements for
-/// [`PutRouting::ViaLeader`]. The leader runs what it receives with [`Log::write_forwarded`].
+/// [`PutRouting::ViaLeader`] (see [`forward`]). The leader runs what it receives with
+/// [`Log::write_forwarded`].
 #[async_trait]
 pub trait PutForwarder: Send + Sync + std::fmt::Debug + 'static {
-    /// Delivers `request` for `group` to `leader` and returns the leader's outcome.
+    /// Delivers `request` (which carries its request id) for `group` to the group's leader
+    /// before `deadline` and returns the leader's outcome.
     async fn forward(
         &self,
-        leader: &LeaderInfo,
         group: &str,
         request: &PutRequest,
+        deadline: Instant,
     ) -> Result<PutOutcome, ForwardError>;
 }
 
@@ -259,11 +273,26 @@ impl Log {
         }
     }
 
-    /// Runs a put a follower forwarded to this member (the leader side of
-    /// [`PutRouting::ViaLeader`]): writes it directly, as the follower asked.
+    /// Writes a put a follower forwarded to this member (the leader side of
+    /// [`PutRouting::ViaLeader`]): under this member's term, fenced on its token unless the
+    /// follower fenced the put itself. [`KvError::NotLeader`] when this member does not lead,
+    /// or its term ended before the put committed (then nothing was written under it).
     pub async fn write_forwarded(&self, request: &PutRequest) -> Result<PutOutcome, KvError> {
+        let not_leader = || KvError::NotLeader {
+            member: self.writer.id.clone(),
+        };
+        let term = self.election.term().ok_or_else(not_leader)?;
+        let mut request = request.clone();
+        let own_fence = request.fence.is_none();
+        if own_fence {
+            request.token = Some(term.token);
+            request.fence = Some(self.election.key().name.clone());
+        }
         request.validate()?;
-        self.write(request, PutRouting::Direct).await
+        match self.write(&request, PutRouting::Direct).await? {
+            PutOutcome::Fenced { .. } if own_fence => Err(not_leader()),
+            outcome => Ok(outcome),
+        }
     }
 
     /// Forwards or writes `request`, retrying transient failures with the same request id
@@ -273,18 +302,22 @@ impl Log {
         request: &PutRequest,
         routing: PutRouting,
     ) -> Result<PutOutcome, KvError> {
+        let started = Instant::now();
         if routing == PutRouting::ViaLeader
             && !self.election.is_leader()
-            && let (Some(forwarder), Some(leader)) = (&self.forwarder, self.election.leader())
+            && let Some(forwarder) = &self.forwarder
         {
-            match forwarder.forward(&leader, &self.group, request).await {
+            match forwarder
+                .forward(&self.group, request, started + self.put_timeout / 2)
+                .await
+            {
                 Ok(outcome) => return Ok(outcome),
                 Err(e) => {
-                    warn!(group = self.group, key = request.key, error = %e, "writing the put directly")
+                    debug!(group = self.group, key = request.key, error = %e, "writing the put directly")
                 }
             }
         }
-        let deadline = Instant::now() + self.put_timeout;
+        let deadline = started + self.put_timeout;
         let mut pause = FIRST_RETRY;
         loop {
             match self.store.put(&self.group, request).await {
