@@ -6,8 +6,10 @@
 //! prints the figures. `cargo run --release -p hedge-bench -- messaging --json` measures sends,
 //! broadcasts and joins between members on loopback.
 
+mod chaos;
 mod election;
 mod messaging;
+mod report;
 mod stats;
 mod storage;
 mod storage_peers;
@@ -31,6 +33,11 @@ enum Scenario {
     /// The log and the semaphores: put and get against bare Spanner calls, semaphore cycles,
     /// permit reclaim after a crash.
     Storage(storage::Args),
+    /// Chaos: member processes killed, paused and cut off at random under a seed, the
+    /// checkers over what they recorded, failover times by fault kind.
+    Chaos(chaos::Args),
+    /// Every scenario in one go: one JSON file, a markdown table, an SVG of the failover times.
+    Report(report::Args),
 }
 
 /// Which store the benchmark runs on.
@@ -55,6 +62,8 @@ async fn main() -> std::process::ExitCode {
         Scenario::Election(args) => election::run(args).await.map_err(|e| e.to_string()),
         Scenario::Messaging(args) => messaging::run(args).await.map_err(|e| e.to_string()),
         Scenario::Storage(args) => storage::run(args).await.map_err(|e| e.to_string()),
+        Scenario::Chaos(args) => chaos::run(args).await.map_err(|e| e.to_string()),
+        Scenario::Report(args) => report::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,6 +10,7 @@
 
 mod api;
 mod backend;
+mod chaos;
 mod handlers;
 mod local;
 mod member;

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiError, ApiState};
-use crate::handlers::with_demo_handlers;
 use crate::workload::{self, Workload, WorkloadError};
 
 /// The flags of `hedge-demo member`.
@@ -108,7 +107,7 @@ pub async fn run(args: MemberArgs) -> Result<(), MemberError> {
              /send and /broadcast will answer 503"
         );
     }
-    let hedge = with_demo_handlers(builder).build().await?;
+    let hedge = workload::handlers(args.workload, builder).build().await?;
     let listener = api::bind(args.http_addr).await?;
     let http = listener
         .local_addr()

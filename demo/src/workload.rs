@@ -1,15 +1,17 @@
 //! What a `hedge-demo member` does besides serving its HTTP API: `--workload` (or
 //! `HEDGE_DEMO_WORKLOAD`) selects it.
 //!
-//! Today there is one workload, [`Workload::Idle`]: the member only answers its API and takes
-//! part in the election. **This is the place for the chaos workload of issue #11**: add a
-//! variant to [`Workload`] (clap turns it into a `--workload` value) and its arm to [`run`],
-//! which gets the member's [`ApiState`] (the member itself, its metrics) and the shutdown
-//! token; a workload in a module of its own (`demo/src/chaos.rs`) keeps this file small. A
-//! workload must return when `shutdown` fires; an error it returns stops the member with a
-//! non-zero exit.
+//! * [`Workload::Idle`]: the member only answers its API and takes part in the election.
+//! * [`Workload::Chaos`]: the chaos harness's workload (`crate::chaos`): leadership, a fenced
+//!   register, log puts, semaphore permits and sends, every step recorded on standard output.
+//!
+//! A workload gets the member's [`ApiState`] (the member itself, its metrics) and the shutdown
+//! token, and may choose the member's message handlers ([`handlers`]). A workload must return
+//! when `shutdown` fires; an error it returns stops the member with a non-zero exit.
 
 use tokio_util::sync::CancellationToken;
+
+use hedge::HedgeBuilder;
 
 use crate::api::ApiState;
 
@@ -19,11 +21,25 @@ pub enum Workload {
     /// Nothing besides the HTTP API and the election.
     #[default]
     Idle,
+    /// The chaos harness's workload (see `crate::chaos`).
+    Chaos,
+}
+
+/// `builder` with the message handlers of `workload`.
+pub fn handlers(workload: Workload, builder: HedgeBuilder) -> HedgeBuilder {
+    match workload {
+        Workload::Idle => crate::handlers::with_demo_handlers(builder),
+        Workload::Chaos => crate::chaos::handlers(builder),
+    }
 }
 
 /// A workload failed.
 #[derive(Debug, thiserror::Error)]
-pub enum WorkloadError {}
+pub enum WorkloadError {
+    /// The chaos workload failed.
+    #[error(transparent)]
+    Chaos(#[from] crate::chaos::ChaosError),
+}
 
 /// Runs `workload` for the member of `state` until `shutdown` fires.
 pub async fn run(
@@ -37,5 +53,6 @@ pub async fn run(
             shutdown.cancelled().await;
             Ok(())
         }
+        Workload::Chaos => Ok(crate::chaos::run(state, shutdown).await?),
     }
 }

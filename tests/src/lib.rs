@@ -3,7 +3,10 @@
 //!
 //! * [`emulator`]: the Cloud Spanner emulator harness ([`emulator::Emulator`],
 //!   [`emulator::emulator_or_skip`], [`require_emulator!`]).
+//! * [`chaos`]: the chaos harness (member processes, a fault-injecting TCP proxy, a seeded fault
+//!   scheduler, and the checkers).
 
+pub mod chaos;
 pub mod conformance;
 pub mod conformance_storage;
 pub mod delegate;

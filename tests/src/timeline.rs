@@ -3,6 +3,9 @@
 //! strictly increasing in grant order, and that every term ended *strictly* before the next one
 //! began.
 //!
+//! [`check`] works on any clock: the recorder here uses tokio's `Instant`, the chaos runs
+//! (`crate::chaos`) nanoseconds of `CLOCK_MONOTONIC` shared by every process on the host.
+//!
 //! The recorder reads each election's event stream; the `Elected` and `Lost` events carry the
 //! term's deadline as it was at that moment, so nothing is read late. A recorder that falls
 //! behind (a lagged stream) has lost events, and the timeline then fails instead of passing
@@ -15,25 +18,25 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// One term as observed from outside the member.
+/// One term as observed from outside the member, on the clock `T`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Interval {
+pub struct Interval<T = Instant> {
     /// The member.
     pub member: String,
     /// The fencing token.
     pub token: u64,
     /// When `is_leader()` became true.
-    pub start: Instant,
+    pub start: T,
     /// When the member stepped down (`is_leader()` turned false), if it did.
-    pub lost_at: Option<Instant>,
+    pub lost_at: Option<T>,
     /// The term's last local deadline: `is_leader()` is false from here on whatever happens.
-    pub deadline: Option<Instant>,
+    pub deadline: Option<T>,
 }
 
-impl Interval {
+impl<T: Ord + Copy> Interval<T> {
     /// When the member stopped leading at the latest: the `Lost` event or the deadline,
     /// whichever came first.
-    pub fn end(&self) -> Option<Instant> {
+    pub fn end(&self) -> Option<T> {
         match (self.lost_at, self.deadline) {
             (Some(l), Some(d)) => Some(l.min(d)),
             (l, d) => l.or(d),
@@ -43,7 +46,7 @@ impl Interval {
 
 /// What the checker found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Violation {
+pub enum Violation<T = Instant> {
     /// A token was granted twice.
     DuplicateToken(u64),
     /// A later grant got a smaller token.
@@ -56,12 +59,12 @@ pub enum Violation {
     /// A term began before the previous term ended.
     Overlap {
         /// The previous term.
-        previous: Interval,
+        previous: Interval<T>,
         /// The next term.
-        next: Interval,
+        next: Interval<T>,
     },
     /// A member signalled `Lost` after its own deadline.
-    LateLoss(Interval),
+    LateLoss(Interval<T>),
     /// The recorder of a member missed events: the timeline is incomplete.
     Lagged {
         /// The member.
@@ -72,7 +75,7 @@ pub enum Violation {
 }
 
 /// Checks a set of intervals; an empty list means no violation.
-pub fn check(intervals: &[Interval]) -> Vec<Violation> {
+pub fn check<T: Ord + Copy>(intervals: &[Interval<T>]) -> Vec<Violation<T>> {
     let mut by_start = intervals.to_vec();
     by_start.sort_by_key(|i| (i.start, i.token));
     let mut violations = Vec::new();
