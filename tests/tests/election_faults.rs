@@ -389,10 +389,14 @@ async fn a_grant_that_arrives_too_late_is_given_back_at_once() {
     let slow = FaultyStore::new(Arc::new(store.clone()));
     // The grant's reply arrives after the term's step-down time.
     slow.set_for(Op::Acquire, Fault::SlowReply(t.holding_time()));
-    let a = election(Arc::new(slow), &lock, "a");
+    let a = election(Arc::new(slow.clone()), &lock, "a");
     let mut events = a.events();
     let _ga = a.spawn();
     sleep(Duration::from_millis(10)).await;
+    // a's first acquire is in flight (and keeps its slow reply); later ones fail at once, so
+    // that a, which competes again after giving the grant back, cannot win the lock back
+    // before b's next poll (whoever polls first would, with jittered polls).
+    slow.set_for(Op::Acquire, Fault::Unreachable);
     let b = election(Arc::new(store.clone()), &lock, "b");
     let _gb = b.spawn();
     let started = Instant::now();
