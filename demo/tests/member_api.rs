@@ -42,9 +42,9 @@ impl Member {
             .env("HEDGE_SPANNER_DATABASE", db.to_string())
             .env("POD_NAME", id)
             .env("POD_IP", "127.0.0.1")
-            // A port chosen here: with POD_IP set, the member advertises POD_IP:HEDGE_PEER_PORT
-            // as configured, so port 0 would advertise an unreachable address.
-            .env("HEDGE_PEER_PORT", free_port().to_string())
+            // Port 0 with POD_IP set: the member advertises POD_IP and the port it bound (the
+            // members reaching each other below is what shows it).
+            .env("HEDGE_PEER_PORT", "0")
             .env("HEDGE_GROUP_SECRET", SECRET)
             .env("HEDGE_DEMO_HTTP_ADDR", "127.0.0.1:0")
             .env("HEDGE_LEASE_MS", timings.lease.as_millis().to_string())
@@ -123,14 +123,6 @@ impl Drop for Member {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// An HTTP answer.
