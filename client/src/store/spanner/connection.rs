@@ -8,10 +8,10 @@ use google_cloud_gax::retry_policy::RetryPolicyExt as _;
 use google_cloud_spanner::channel_pool::StaticChannelPoolConfig;
 use google_cloud_spanner::client::{DatabaseAdmin, DatabaseClient, Spanner, SpannerBuilderExt};
 use google_cloud_spanner::read::ConfiguredReadRequestBuilder;
-use google_cloud_spanner::result::Row;
+use google_cloud_spanner::result::{ResultSet, Row};
 use google_cloud_spanner::retry_policy::SpannerRetryPolicy;
 use google_cloud_spanner::statement::StatementBuilder;
-use google_cloud_spanner::transaction::TimestampBound;
+use google_cloud_spanner::transaction::{SingleUseReadOnlyTransaction, TimestampBound};
 
 use super::errors::{ErrorContext, map_error};
 use super::options::SpannerOptions;
@@ -103,32 +103,16 @@ impl Connection {
         ctx: &ErrorContext<'_>,
         op: &str,
         statement: StatementBuilder,
-        mut convert: impl FnMut(&Row) -> StoreResult<T>,
+        convert: impl FnMut(&Row) -> StoreResult<T>,
     ) -> StoreResult<Vec<T>> {
         let timeout = self.options.operation_timeout;
         let statement = statement
             .with_attempt_timeout(inner_deadline(timeout))
             .with_retry_policy(SpannerRetryPolicy::new().with_time_limit(inner_deadline(timeout)))
             .build();
-        let run = async {
-            let mut rows = self
-                .client
-                .single_use()
-                .set_timestamp_bound(TimestampBound::strong())
-                .build()
-                .execute_query(statement)
-                .await
-                .map_err(|e| map_error(ctx, op, e))?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(|e| map_error(ctx, op, e))?;
-                out.push(convert(&row)?);
-            }
-            Ok(out)
-        };
-        tokio::time::timeout(timeout, run)
+        let transaction = self.strong_single_use();
+        self.collect(ctx, op, transaction.execute_query(statement), convert)
             .await
-            .unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 
     /// Runs one strong single-use read by key (Spanner's Read API: a key lookup or a key range,
@@ -138,22 +122,36 @@ impl Connection {
         ctx: &ErrorContext<'_>,
         op: &str,
         request: ConfiguredReadRequestBuilder,
-        mut convert: impl FnMut(&Row) -> StoreResult<T>,
+        convert: impl FnMut(&Row) -> StoreResult<T>,
     ) -> StoreResult<Vec<T>> {
         let timeout = self.options.operation_timeout;
         let request = request
             .with_attempt_timeout(inner_deadline(timeout))
             .with_retry_policy(SpannerRetryPolicy::new().with_time_limit(inner_deadline(timeout)))
             .build();
+        let transaction = self.strong_single_use();
+        self.collect(ctx, op, transaction.execute_read(request), convert)
+            .await
+    }
+
+    fn strong_single_use(&self) -> SingleUseReadOnlyTransaction {
+        self.client
+            .single_use()
+            .set_timestamp_bound(TimestampBound::strong())
+            .build()
+    }
+
+    /// Awaits `rows` and converts each row with `convert`, all within the operation timeout.
+    async fn collect<T>(
+        &self,
+        ctx: &ErrorContext<'_>,
+        op: &str,
+        rows: impl Future<Output = google_cloud_spanner::Result<ResultSet>>,
+        mut convert: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let timeout = self.options.operation_timeout;
         let run = async {
-            let mut rows = self
-                .client
-                .single_use()
-                .set_timestamp_bound(TimestampBound::strong())
-                .build()
-                .execute_read(request)
-                .await
-                .map_err(|e| map_error(ctx, op, e))?;
+            let mut rows = rows.await.map_err(|e| map_error(ctx, op, e))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next().await {
                 let row = row.map_err(|e| map_error(ctx, op, e))?;
