@@ -1,8 +1,8 @@
-//! A macro for test stores that wrap another store and change only the election's operations:
-//! it forwards the log and semaphore operations of [`hedge::Store`] to the wrapped store.
+//! A macro for test stores that wrap another store and change only the lock operations: it
+//! forwards the member, log and semaphore operations of [`hedge::Store`] to the wrapped store.
 
-/// `impl Store for $wrapper` with the election and member operations given in the braces and
-/// the log and semaphore operations forwarded to field `$field` (a name, or `0`):
+/// `impl Store for $wrapper` with the lock operations given in the braces and the member, log
+/// and semaphore operations forwarded to field `$field` (a name, or `0`):
 /// `store_with_storage_of!(Wrapper, inner, { async fn acquire(...) ... })`.
 #[macro_export]
 macro_rules! store_with_storage_of {
@@ -10,6 +10,25 @@ macro_rules! store_with_storage_of {
         #[::async_trait::async_trait]
         impl ::hedge::Store for $wrapper {
             $($election)*
+
+            async fn heartbeat_member(
+                &self,
+                group: &str,
+                member: &::hedge::store::MemberHeartbeat,
+            ) -> ::hedge::store::StoreResult<()> {
+                self.$field.heartbeat_member(group, member).await
+            }
+
+            async fn remove_member(&self, group: &str, id: &str) -> ::hedge::store::StoreResult<()> {
+                self.$field.remove_member(group, id).await
+            }
+
+            async fn list_members(
+                &self,
+                group: &str,
+            ) -> ::hedge::store::StoreResult<Vec<::hedge::store::MemberRecord>> {
+                self.$field.list_members(group).await
+            }
 
             async fn put(
                 &self,

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hedge::store::{
-    AcquireOutcome, Candidate, ClockSkew, Latency, LockKey, LockState, MemberHeartbeat,
-    MemberRecord, MemoryStore, ReleaseOutcome, RenewOutcome, Store, StoreError, StoreResult,
+    AcquireOutcome, Candidate, ClockSkew, Latency, LockKey, LockState, MemoryStore, ReleaseOutcome,
+    RenewOutcome, Store, StoreError, StoreResult,
 };
 use hedge::{Election, ElectionError, ElectionTimings, Hedge, LeadershipEvent, LostReason};
 use hedge_tests::faults::{Fault, FaultyStore, Op};
@@ -148,15 +148,6 @@ hedge_tests::store_with_storage_of!(PanicsOnRenew, 0, {
     async fn lock_state(&self, key: &LockKey) -> StoreResult<Option<LockState>> {
         self.0.lock_state(key).await
     }
-    async fn heartbeat_member(&self, group: &str, member: &MemberHeartbeat) -> StoreResult<()> {
-        self.0.heartbeat_member(group, member).await
-    }
-    async fn remove_member(&self, group: &str, id: &str) -> StoreResult<()> {
-        self.0.remove_member(group, id).await
-    }
-    async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
-        self.0.list_members(group).await
-    }
 });
 
 #[tokio::test(start_paused = true)]
@@ -241,15 +232,6 @@ hedge_tests::store_with_storage_of!(SchemaGoneAfterGrant, inner, {
     }
     async fn lock_state(&self, key: &LockKey) -> StoreResult<Option<LockState>> {
         self.inner.lock_state(key).await
-    }
-    async fn heartbeat_member(&self, group: &str, member: &MemberHeartbeat) -> StoreResult<()> {
-        self.inner.heartbeat_member(group, member).await
-    }
-    async fn remove_member(&self, group: &str, id: &str) -> StoreResult<()> {
-        self.inner.remove_member(group, id).await
-    }
-    async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
-        self.inner.list_members(group).await
     }
 });
 
@@ -474,15 +456,6 @@ hedge_tests::store_with_storage_of!(CountAcquires, inner, {
     }
     async fn lock_state(&self, key: &LockKey) -> StoreResult<Option<LockState>> {
         self.inner.lock_state(key).await
-    }
-    async fn heartbeat_member(&self, group: &str, member: &MemberHeartbeat) -> StoreResult<()> {
-        self.inner.heartbeat_member(group, member).await
-    }
-    async fn remove_member(&self, group: &str, id: &str) -> StoreResult<()> {
-        self.inner.remove_member(group, id).await
-    }
-    async fn list_members(&self, group: &str) -> StoreResult<Vec<MemberRecord>> {
-        self.inner.list_members(group).await
     }
 });
 
